@@ -1,0 +1,40 @@
+# Set-up and everyday commands. Every target creates the environment it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first, pinned to the CPU wheel on this machine's disk: a bare "torch" requirement with
+# no torch installed would pull a multi-GB CUDA build. pyproject keeps a loose range for users.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: help venv test test-fast demo bench docs clean
+
+help:
+	@echo "make demo   - create .venv and run the main job (SelfLabelClusterer on scikit-learn's digits)"
+	@echo "make test   - create .venv and run the whole test suite (doctests and notebooks included)"
+	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
+	@echo "make docs   - build the documentation site (warnings are errors)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+demo: venv
+	$(PY) -m skselflabel.demo
+
+bench: venv
+	$(PY) benchmarks/sinkhorn.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info docs/_build .pytest_cache

@@ -1,0 +1,5 @@
+"""skselflabel: SeLa self-labelling for scikit-learn and PyTorch."""
+from ._version import __version__
+from ._sinkhorn import SinkhornResult, sinkhorn_knopp
+
+__all__ = ["__version__", "sinkhorn_knopp", "SinkhornResult"]
