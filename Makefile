@@ -36,5 +36,9 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/sinkhorn.py
 
+docs: venv
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info docs/_build .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info docs/_build docs/generated docs/notebooks .pytest_cache
