@@ -265,6 +265,10 @@ def plot_history(history, *, columns=None, figsize=None):
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel(x_name)
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        from matplotlib.ticker import MaxNLocator
+
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.25"
     return fig
 
 
@@ -361,7 +365,7 @@ def plot_confusion(
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_xticks(range(len(clusters)), [str(c) for c in clusters])
     ax.set_yticks(range(len(classes)), list(class_names))
-    ax.set_xlabel("cluster (matched to the class in its row)")
+    ax.set_xlabel("cluster (in the order of the classes they are matched to)")
     ax.set_ylabel("true class")
     ax.set_title(f"ACC = {accuracy:.3f}")
     if annotate is None:
