@@ -1,5 +1,7 @@
 """skselflabel: SeLa self-labelling for scikit-learn and PyTorch."""
 from ._version import __version__
 from ._sinkhorn import SinkhornResult, sinkhorn_knopp
+from ._clusterer import SelfLabelClusterer
+from . import metrics
 
-__all__ = ["__version__", "sinkhorn_knopp", "SinkhornResult"]
+__all__ = ["__version__", "sinkhorn_knopp", "SinkhornResult", "SelfLabelClusterer", "metrics"]

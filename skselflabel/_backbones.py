@@ -1,0 +1,212 @@
+"""Backbones: the shared networks whose output feeds the self-labelling heads.
+
+``MLP`` serves tables, ``SmallCNN`` serves small images. :func:`resolve_backbone` turns the
+estimator's ``backbone`` parameter ("auto", "mlp", "cnn", an ``nn.Module``, or a callable
+building one from the input shape) into a fresh module and its output width.
+
+Parameters are initialised from an explicit ``torch.Generator``: ``nn.Linear`` and
+``nn.Conv2d`` draw their default initialisation from torch's global RNG, which the
+estimator must neither depend on nor disturb.
+"""
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron for tables: blocks of Linear, BatchNorm1d and ReLU.
+
+    Parameters
+    ----------
+    in_features : int
+        Number of input columns.
+    hidden : tuple of int, default=(512, 512, 128)
+        Width of each block; the last width is the representation size.
+
+    Attributes
+    ----------
+    out_features : int
+        Width of the output representation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skselflabel._backbones import MLP
+    >>> MLP(64).eval()(torch.zeros(3, 64)).shape
+    torch.Size([3, 128])
+    """
+
+    def __init__(self, in_features, hidden=(512, 512, 128)):
+        super().__init__()
+        layers, width = [], in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            width = h
+        self.layers = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x):
+        return self.layers(x.flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """A small VGG-style CNN for small images (8x8 digits to 32x32 photos).
+
+    Each stage is two 3x3 convolutions with BatchNorm and ReLU followed by 2x2 max pooling;
+    stages are added while the feature map is larger than 4 pixels (at most
+    ``len(widths)``). A global average pool and a Linear-BatchNorm-ReLU block give the
+    representation.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images.
+    image_size : tuple of int
+        ``(height, width)`` of the input images.
+    widths : tuple of int, default=(32, 64, 128)
+        Channels of each stage.
+    out_features : int, default=128
+        Width of the output representation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skselflabel._backbones import SmallCNN
+    >>> SmallCNN(1, (8, 8)).eval()(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 128])
+    """
+
+    def __init__(self, in_channels, image_size, widths=(32, 64, 128), out_features=128):
+        super().__init__()
+        layers, c, size = [], in_channels, min(image_size)
+        for i, w in enumerate(widths):
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            ]
+            c = w
+            if size > 4 and i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Sequential(
+            nn.Linear(c, out_features), nn.BatchNorm1d(out_features), nn.ReLU(inplace=True)
+        )
+        self.out_features = out_features
+
+    def forward(self, x):
+        return self.project(self.features(x).mean((2, 3)))
+
+
+def init_parameters_(module, generator):
+    """Re-initialise ``module``'s parameters in place from ``generator``.
+
+    Linear and convolution layers get PyTorch's default scheme (Kaiming-uniform weights,
+    uniform biases in ``+-1/sqrt(fan_in)``) drawn from ``generator``; normalisation layers
+    are reset to ones and zeros. Other parameters are left as they are.
+    """
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in = m.weight[0].numel()
+                    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, nn.modules.batchnorm._NormBase) or isinstance(
+                m, (nn.LayerNorm, nn.GroupNorm)
+            ):
+                m.reset_parameters()
+    return module
+
+
+def build_quietly(factory):
+    """Call ``factory()`` without leaving a trace on torch's global CPU RNG.
+
+    Module constructors draw their default initialisation from the global RNG; the state is
+    saved and restored around the call so that fitting never changes it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return factory()
+
+
+def resolve_backbone(backbone, input_shape, generator):
+    """Build the backbone module for inputs of shape ``(n_samples, *input_shape)``.
+
+    Parameters
+    ----------
+    backbone : {"auto", "mlp", "cnn"}, nn.Module or callable
+        "auto" picks ``MLP`` for 1-D samples and ``SmallCNN`` for images ``(c, h, w)``.
+        An ``nn.Module`` is deep-copied (never trained in place) and used as it is. A
+        callable is called as ``backbone(input_shape)`` and must return an ``nn.Module``;
+        its Linear/Conv/Norm layers are then initialised from ``generator``.
+    input_shape : tuple of int
+        Shape of one sample as the network receives it: ``(n_features,)`` or ``(c, h, w)``.
+    generator : torch.Generator
+        Source of the initial weights of built modules.
+
+    Returns
+    -------
+    module : nn.Module
+        A fresh module on the CPU.
+    out_features : int
+        Width of the module's output for one sample.
+    """
+    if isinstance(backbone, nn.Module):
+        module = copy.deepcopy(backbone).cpu()
+    elif isinstance(backbone, str):
+        kind = backbone
+        if kind == "auto":
+            kind = "mlp" if len(input_shape) == 1 else "cnn"
+        if kind == "mlp":
+            n_in = math.prod(input_shape)
+            module = build_quietly(lambda: MLP(n_in))
+        elif kind == "cnn":
+            if len(input_shape) != 3:
+                raise ValueError(
+                    "backbone='cnn' needs images: X of shape (n_samples, height, width) or "
+                    f"(n_samples, channels, height, width); got samples of shape {input_shape}. "
+                    "Use backbone='mlp' or 'auto' for tables."
+                )
+            module = build_quietly(lambda: SmallCNN(input_shape[0], input_shape[1:]))
+        else:  # validated by _parameter_constraints; kept for direct callers
+            raise ValueError(f"backbone must be 'auto', 'mlp' or 'cnn', got {backbone!r}.")
+        init_parameters_(module, generator)
+    elif callable(backbone):
+        module = build_quietly(lambda: backbone(tuple(input_shape)))
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                "A callable backbone must return a torch.nn.Module built for samples of "
+                f"shape {tuple(input_shape)}; it returned {type(module).__name__}."
+            )
+        init_parameters_(module, generator)
+        module = module.cpu()
+    else:
+        raise TypeError(
+            "backbone must be 'auto', 'mlp', 'cnn', a torch.nn.Module or a callable, "
+            f"got {type(backbone).__name__}."
+        )
+    return module, _output_width(module, input_shape)
+
+
+def _output_width(module, input_shape):
+    """Width of the module's output for one sample, found with a dry run of two samples."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros((2, *input_shape)))
+    except Exception as exc:  # give the user the shapes, which is what goes wrong
+        raise ValueError(
+            f"The backbone failed on a batch of shape {(2, *input_shape)}: {exc}"
+        ) from exc
+    finally:
+        module.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(
+            "The backbone must return a 2-D tensor (batch, features); for a batch of shape "
+            f"{(2, *input_shape)} it returned shape {tuple(out.shape)}. Add a Flatten at its end."
+        )
+    return int(out.shape[1])

@@ -1,0 +1,388 @@
+"""SelfLabelClusterer: scikit-learn compliance, inputs, persistence, determinism, Ctrl-C."""
+import os
+import pickle
+import random
+import signal
+import warnings
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import estimator_checks
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
+
+from skselflabel import SelfLabelClusterer
+from skselflabel import _clusterer
+from skselflabel.metrics import cluster_accuracy
+
+FAST = dict(max_epochs=4, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=90, centers=3, n_features=4, cluster_std=0.6, random_state=0)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.RandomState(0)
+    X = rng.rand(48, 8, 8).astype(np.float32)
+    X[:16, :4] += 2.0  # three visibly different groups
+    X[16:32, :, :4] += 2.0
+    return X
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    return SelfLabelClusterer(n_clusters=3, **FAST).fit(blobs[0])
+
+
+# --------------------------------------------------------------------- sklearn checks
+@parametrize_with_checks(
+    [SelfLabelClusterer(n_clusters=3, max_epochs=5, random_state=0)],
+    expected_failed_checks=lambda est: {},
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize(
+    "check_name",
+    [
+        "check_param_validation",
+        "check_set_output_transform",
+        "check_set_output_transform_pandas",
+        "check_global_output_transform_pandas",
+        "check_transformer_get_feature_names_out",
+        "check_transformer_get_feature_names_out_pandas",
+        "check_get_feature_names_out_error",
+        "check_dataframe_column_names_consistency",
+    ],
+)
+def test_checks_not_run_by_check_estimator(check_name):
+    est = SelfLabelClusterer(n_clusters=3, max_epochs=3, random_state=0)
+    with warnings.catch_warnings():
+        # These checks deliberately mix named and unnamed inputs.
+        warnings.filterwarnings("ignore", message=".*feature names", category=UserWarning)
+        getattr(estimator_checks, check_name)(type(est).__name__, est)
+
+
+# --------------------------------------------------------------------- fitted state
+def test_fitted_attributes(fitted, blobs):
+    X, y = blobs
+    n = len(X)
+    assert fitted.labels_.shape == (n,)
+    np.testing.assert_array_equal(fitted.labels_, fitted.predict(X))
+    assert fitted.self_labels_.shape == (1, n)
+    # Self-labels are balanced: each cluster gets a third of the samples.
+    assert np.bincount(fitted.self_labels_[0], minlength=3).min() >= n // 3 - 2
+    assert fitted.n_iter_ == 4
+    assert list(fitted.history_.columns) == ["epoch", "loss", "label_change", "seconds"]
+    assert fitted.history_["epoch"].tolist() == [1, 2, 3, 4]
+    assert np.isfinite(fitted.history_[["loss", "label_change"]].to_numpy()).all()
+    assert fitted.n_features_in_ == 4
+    assert isinstance(fitted.backbone_, nn.Module) and len(fitted.heads_) == 1
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (n, 3)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(1), fitted.labels_)
+    assert fitted.transform(X).shape == (n, fitted.get_feature_names_out().shape[0])
+
+
+def test_clusters_blobs(blobs):
+    X, y = blobs
+    clu = SelfLabelClusterer(n_clusters=3, max_epochs=15, random_state=0).fit(X)
+    assert cluster_accuracy(y, clu.labels_) > 0.95
+
+
+def test_score_is_a_log_likelihood(fitted, blobs):
+    s = fitted.score(blobs[0])
+    assert np.isfinite(s) and s <= 0
+    # A network trained on the data explains it better than an untrained-looking one.
+    untrained = SelfLabelClusterer(n_clusters=3, max_epochs=1, lr=1e-6, random_state=0)
+    assert s > untrained.fit(blobs[0]).score(blobs[0])
+
+
+def test_fit_predict_equals_labels(blobs):
+    clu = SelfLabelClusterer(n_clusters=3, **FAST)
+    np.testing.assert_array_equal(clu.fit_predict(blobs[0]), clu.labels_)
+
+
+def test_prior_shapes_the_self_labels(blobs):
+    X = blobs[0]
+    clu = SelfLabelClusterer(n_clusters=3, prior=[0.6, 0.2, 0.2], **FAST).fit(X)
+    counts = np.bincount(clu.self_labels_[0], minlength=3)
+    np.testing.assert_allclose(counts / len(X), [0.6, 0.2, 0.2], atol=0.05)
+
+
+# --------------------------------------------------------------------- several heads
+def test_heads_are_self_labelled_one_at_a_time_in_one_buffer(blobs, monkeypatch):
+    calls = []
+    real = _clusterer.sinkhorn_knopp
+
+    def spy(scores, **kwargs):
+        calls.append((scores.data_ptr(), tuple(scores.shape), kwargs["copy"]))
+        return real(scores, **kwargs)
+
+    monkeypatch.setattr(_clusterer, "sinkhorn_knopp", spy)
+    X = blobs[0]
+    clu = SelfLabelClusterer(n_clusters=3, n_heads=3, n_label_updates=4, **FAST).fit(X)
+    # 90 samples in batches of 16: 6 steps per epoch, 24 in all; updates at (t/3)^2 of
+    # that, i.e. steps 0, 3 and 11 (the one at the end is the final update) -> 4 updates,
+    # each solving the 3 heads one after another.
+    assert len(calls) == 12
+    assert len({ptr for ptr, _, _ in calls}) == 1  # the same preallocated buffer every time
+    assert all(shape == (len(X), 3) and copy is False for _, shape, copy in calls)
+    assert clu.self_labels_.shape == (3, len(X))
+    for row in clu.self_labels_:
+        assert np.bincount(row, minlength=3).min() >= len(X) // 3 - 2
+
+
+def test_label_buffer_reuses_storage_for_narrower_heads():
+    buffers = _clusterer._LabelBuffers()
+    wide = buffers.logits(10, 6, torch.device("cpu"))
+    narrow = buffers.logits(10, 4, torch.device("cpu"))
+    assert narrow.is_contiguous() and narrow.shape == (10, 4)
+    assert narrow.data_ptr() == wide.data_ptr()
+
+
+# --------------------------------------------------------------------- meta-estimators
+def test_pipeline_with_linear_probe(blobs):
+    X, y = blobs
+    pipe = make_pipeline(
+        StandardScaler(), SelfLabelClusterer(n_clusters=6, **FAST), LogisticRegression()
+    )
+    assert pipe.fit(X, y).score(X, y) > 0.9
+
+
+def test_grid_search_in_parallel(blobs):
+    X, y = blobs
+    pipe = make_pipeline(StandardScaler(), SelfLabelClusterer(n_clusters=3, **FAST),
+                         LogisticRegression())
+    search = GridSearchCV(pipe, {"selflabelclusterer__lam": [10.0, 25.0]}, cv=2, n_jobs=2)
+    search.fit(X, y)
+    assert search.best_params_["selflabelclusterer__lam"] in (10.0, 25.0)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_grid_search_uses_the_clusterer_score(blobs):
+    search = GridSearchCV(SelfLabelClusterer(n_clusters=3, **FAST), {"lam": [10.0, 25.0]}, cv=2)
+    search.fit(blobs[0])
+    assert np.all(search.cv_results_["mean_test_score"] <= 0)
+
+
+def test_clone_gives_an_unfitted_copy(fitted):
+    c = clone(fitted)
+    assert c.get_params() == fitted.get_params()
+    with pytest.raises(NotFittedError):
+        c.predict(np.zeros((2, 4)))
+
+
+# --------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("dumps, loads", [(pickle.dumps, pickle.loads), ("joblib", "joblib")])
+def test_pickle_round_trip(fitted, blobs, dumps, loads, tmp_path):
+    X = blobs[0]
+    if dumps == "joblib":
+        joblib.dump(fitted, tmp_path / "m.joblib")
+        back = joblib.load(tmp_path / "m.joblib")
+    else:
+        back = loads(dumps(fitted))
+    np.testing.assert_array_equal(back.predict(X), fitted.predict(X))
+    np.testing.assert_array_equal(back.transform(X), fitted.transform(X))
+
+
+def test_model_trained_on_a_gpu_predicts_on_a_cpu_only_machine(fitted, blobs):
+    # Pretend the model was trained on CUDA: on this machine it must fall back to the CPU.
+    gpu_made = pickle.loads(pickle.dumps(fitted))
+    gpu_made._device = "cuda:0"
+    back = pickle.loads(pickle.dumps(gpu_made))
+    if not torch.cuda.is_available():
+        assert back._inference_device() == torch.device("cpu")
+    np.testing.assert_array_equal(back.predict(blobs[0]), fitted.labels_)
+    state = gpu_made.__getstate__()
+    assert all(p.device.type == "cpu" for p in state["backbone_"].parameters())
+
+
+# --------------------------------------------------------------------- inputs
+def test_pandas_in_and_out(blobs):
+    X = pd.DataFrame(blobs[0], columns=["a", "b", "c", "d"])
+    clu = SelfLabelClusterer(n_clusters=3, **FAST).fit(X)
+    np.testing.assert_array_equal(clu.feature_names_in_, ["a", "b", "c", "d"])
+    clu.set_output(transform="pandas")
+    out = clu.transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == list(clu.get_feature_names_out())
+    assert out.columns[0] == "selflabelclusterer0"
+    assert (out.index == X.index).all()
+
+
+def test_torch_tensor_input_equals_numpy_input(blobs):
+    X = blobs[0]
+    a = SelfLabelClusterer(n_clusters=3, **FAST).fit(X)
+    b = SelfLabelClusterer(n_clusters=3, **FAST).fit(torch.from_numpy(X).requires_grad_())
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.predict(X), b.predict(torch.from_numpy(X)))
+
+
+def test_images_3d_and_4d_use_the_cnn(images):
+    a = SelfLabelClusterer(n_clusters=3, **FAST).fit(images)
+    b = SelfLabelClusterer(n_clusters=3, **FAST).fit(images[:, None])
+    assert type(a.backbone_).__name__ == "SmallCNN"
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.transform(images).shape == (48, 128)
+    assert a.predict(images[:, None]).shape == (48,)  # 3-D fit accepts (n, 1, h, w)
+    with pytest.raises(ValueError, match="fitted on samples of shape"):
+        a.predict(np.zeros((2, 9, 8), dtype=np.float32))
+
+
+def test_user_module_is_copied_not_trained_in_place(blobs):
+    user = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+    before = [p.detach().clone() for p in user.parameters()]
+    clu = SelfLabelClusterer(n_clusters=3, backbone=user, **FAST).fit(blobs[0])
+    assert clu.backbone_ is not user
+    assert all(torch.equal(a, b) for a, b in zip(before, user.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, clu.backbone_.parameters()))
+    assert clu.transform(blobs[0]).shape == (90, 16)
+    assert clu.get_params()["backbone"] is user  # parameters stored as given
+
+
+def test_callable_backbone(blobs):
+    def build(shape):
+        return nn.Sequential(nn.Linear(shape[0], 8), nn.BatchNorm1d(8), nn.ReLU())
+
+    a = SelfLabelClusterer(n_clusters=3, backbone=build, **FAST).fit(blobs[0])
+    b = SelfLabelClusterer(n_clusters=3, backbone=build, **FAST).fit(blobs[0])
+    np.testing.assert_array_equal(a.transform(blobs[0]), b.transform(blobs[0]))
+
+
+def test_user_augmentation_is_applied(blobs):
+    calls = []
+
+    def aug(x):
+        calls.append(x.shape)
+        return x + 0.01
+
+    SelfLabelClusterer(n_clusters=3, augment=aug, **FAST).fit(blobs[0])
+    assert calls and all(len(s) == 2 for s in calls)
+
+
+# --------------------------------------------------------------------- determinism
+def test_same_random_state_same_result_and_global_rngs_untouched(images):
+    torch_state = torch.random.get_rng_state()
+    np_state = np.random.get_state()[1].copy()
+    py_state = random.getstate()
+    fits = [SelfLabelClusterer(n_clusters=3, n_heads=2, **FAST).fit(images) for _ in range(2)]
+    np.testing.assert_array_equal(fits[0].labels_, fits[1].labels_)
+    np.testing.assert_array_equal(fits[0].transform(images), fits[1].transform(images))
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], np_state)
+    assert random.getstate() == py_state
+    other = SelfLabelClusterer(n_clusters=3, n_heads=2, max_epochs=4, random_state=1).fit(images)
+    assert not np.array_equal(other.transform(images), fits[0].transform(images))
+
+
+def test_warm_start_continues_training(blobs):
+    clu = SelfLabelClusterer(n_clusters=3, warm_start=True, **FAST).fit(blobs[0])
+    first = clu.backbone_
+    clu.fit(blobs[0])
+    assert clu.backbone_ is first
+    assert clu.history_["epoch"].tolist() == list(range(1, 9))
+
+
+# --------------------------------------------------------------------- Ctrl-C
+class _InterruptingNet(nn.Module):
+    """Backbone that interrupts at its ``at``-th training forward pass."""
+
+    def __init__(self, at, how):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.at, self.how, self.calls = at, how, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                if self.how == "raise":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)  # as a real Ctrl-C would
+        return self.net(x)
+
+
+@pytest.mark.parametrize("how", ["raise", "signal"])
+def test_ctrl_c_leaves_a_fitted_estimator(blobs, how):
+    X = blobs[0]
+    clu = SelfLabelClusterer(n_clusters=3, backbone=_InterruptingNet(at=10, how=how),
+                             batch_size=30, max_epochs=20, random_state=0)
+    with pytest.warns(UserWarning, match=r"interrupted .* at epoch 4 of 20, after batch 1 of 3"):
+        clu.fit(X)
+    assert clu.n_iter_ == 4
+    assert clu.backbone_.calls == 10  # training stopped right there
+    assert len(clu.history_) == 3  # complete epochs only
+    np.testing.assert_array_equal(clu.predict(X), clu.labels_)
+    # The handler is gone after fit: Ctrl-C behaves normally again.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --------------------------------------------------------------------- progress output
+def test_verbose_zero_is_silent_and_verbose_one_reports(blobs, capsys):
+    SelfLabelClusterer(n_clusters=3, verbose=0, **FAST).fit(blobs[0])
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    SelfLabelClusterer(n_clusters=3, verbose=1, **FAST).fit(blobs[0])
+    out = capsys.readouterr()
+    assert "loss" in out.out + out.err
+
+
+def test_verbose_without_tqdm_prints_lines(blobs, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError("no tqdm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    SelfLabelClusterer(n_clusters=3, verbose=1, **FAST).fit(blobs[0])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("SelfLabelClusterer epoch 4/4")
+
+
+# --------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "params, X, error, match",
+    [
+        ({}, np.zeros((4, 2, 2, 2, 2)), ValueError, "got 5-D input"),
+        ({"prior": [0.5, 0.5]}, None, ValueError, "prior must hold 3"),
+        ({"prior": [1.0, -1.0, 1.0]}, None, ValueError, "non-negative"),
+        ({"backbone": "cnn"}, None, ValueError, "needs images"),
+        ({"backbone": lambda shape: 3}, None, TypeError, "must return a torch.nn.Module"),
+        ({"device": "cuda:7" if not torch.cuda.is_available() else "nope"}, None, ValueError,
+         "device"),
+        ({}, np.array([[1.0, np.nan], [0.0, 1.0]]), ValueError, "NaN"),
+        ({}, np.zeros((1, 4)), ValueError, "1 sample"),
+    ],
+)
+def test_bad_input_errors(blobs, params, X, error, match):
+    X = blobs[0] if X is None else X
+    with pytest.raises(error, match=match):
+        SelfLabelClusterer(n_clusters=3, **FAST).set_params(**params).fit(X)
+
+
+def test_predict_errors(fitted):
+    with pytest.raises(ValueError, match="features"):
+        fitted.predict(np.zeros((3, 5)))
+    with pytest.raises(NotFittedError):
+        SelfLabelClusterer().transform(np.zeros((3, 5)))
