@@ -1,0 +1,221 @@
+"""SinkhornAssigner: balanced cluster assignment as a scikit-learn transformer."""
+from numbers import Integral, Real
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
+                          TransformerMixin, _fit_context)
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._sinkhorn import sinkhorn_knopp
+
+__all__ = ["SinkhornAssigner"]
+
+# log(0) for "proba" input is replaced by log of this: a probability that small can never
+# win against a real one, and the scores stay finite for the solver.
+_PROBA_FLOOR = 1e-300
+
+
+class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin,
+                       BaseEstimator):
+    r"""Balanced assignment of samples to clusters from per-cluster scores (SeLa's label step).
+
+    ``fit`` solves the balanced optimal transport problem of :func:`sinkhorn_knopp` on the
+    training scores and keeps the cluster log-scalings :math:`\log v_k`. Each cluster then
+    has a fixed "price", so new rows are assigned one at a time, independently of each other:
+
+    .. math::
+        P(k \mid x) = \mathrm{softmax}_k(\lambda \, s_k(x) + \log v_k).
+
+    On the training rows this reproduces the balanced assignment (cluster sizes follow
+    ``prior``, uniform by default); on new rows from the same distribution it keeps the
+    clusters close to those sizes.
+
+    Parameters
+    ----------
+    lam : float, default=25.0
+        Inverse entropic regularisation :math:`\lambda`: larger gives harder assignments.
+        With ``input="distance"`` it is in units of 1 / squared distance.
+    prior : array-like of shape (n_clusters,), default=None
+        Relative cluster sizes (normalised to sum 1); uniform when None.
+    input : {"logits", "proba", "distance"}, default="logits"
+        What the columns of ``X`` hold, one per cluster:
+
+        - ``"logits"``: scores, higher is better (logits or log-probabilities);
+        - ``"proba"``: probabilities, used through their log (zeros are floored at 1e-300);
+        - ``"distance"``: distances to cluster centres, smaller is closer (for example
+          ``KMeans.transform``); the score is the negative *squared* distance, so that
+          :math:`\exp(\lambda s)` is a Gaussian kernel and the assignment the responsibility
+          of an isotropic Gaussian mixture with variance :math:`1 / (2 \lambda)` and
+          cluster weights set by the balance constraint.
+    tol : float, default=1e-3
+        Largest relative error of the cluster sizes (and row sums) at convergence.
+    max_iter : int, default=1000
+        Maximum number of Sinkhorn iterations.
+
+    Attributes
+    ----------
+    log_v_ : ndarray of shape (n_clusters,)
+        Fitted cluster log-scalings (``-inf`` for clusters with zero prior).
+    labels_ : ndarray of shape (n_samples,)
+        Balanced hard assignment of the training rows.
+    n_iter_ : int
+        Sinkhorn iterations run by ``fit``.
+    marginal_error_ : float
+        Largest relative error of a row or cluster sum of the fitted training assignment.
+    n_features_in_ : int
+        Number of columns (clusters) seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names seen during ``fit``, when ``X`` has string column names.
+
+    See Also
+    --------
+    sinkhorn_knopp : The solver, with the mathematics.
+    sklearn.cluster.KMeans : Its ``transform`` output is a natural ``input="distance"``.
+
+    Examples
+    --------
+    Balanced clusters from k-means distances, in a pipeline:
+
+    >>> import numpy as np
+    >>> from sklearn.cluster import KMeans
+    >>> from sklearn.datasets import make_blobs
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skselflabel import SinkhornAssigner
+    >>> X, _ = make_blobs(n_samples=[300, 60, 40], centers=[[0, 0], [4, 0], [0, 4]],
+    ...                   cluster_std=1.5, random_state=0)
+    >>> km = KMeans(n_clusters=4, n_init=3, random_state=0)
+    >>> np.bincount(km.fit_predict(X))
+    array([147,  77, 103,  73])
+    >>> pipe = make_pipeline(km, SinkhornAssigner(input="distance", lam=1.0))
+    >>> np.bincount(pipe.fit_predict(X))
+    array([105,  98, 103,  94])
+
+    A prior gives clusters of chosen sizes; ``transform`` gives soft assignments of new rows
+    and ``predict`` their argmax:
+
+    >>> pipe.set_params(sinkhornassigner__prior=[1, 1, 1, 5])
+    Pipeline(...)
+    >>> np.bincount(pipe.fit_predict(X))
+    array([ 48,  52,  48, 252])
+    >>> pipe.transform(X[:2]).round(2)
+    array([[0., 0., 1., 0.],
+           [0., 0., 0., 1.]])
+    >>> pipe.predict(X[:2])
+    array([2, 3])
+    """
+
+    _parameter_constraints: dict = {
+        "lam": [Interval(Real, 0, None, closed="neither")],
+        "prior": ["array-like", None],
+        "input": [StrOptions({"logits", "proba", "distance"})],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, lam=25.0, prior=None, input="logits", tol=1e-3, max_iter=1000):
+        self.lam = lam
+        self.prior = prior
+        self.input = input
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def _scores(self, X):
+        """Scores (higher is better) from X as described by ``input``."""
+        if self.input == "logits":
+            return X
+        if (X < 0).any():
+            raise ValueError(f"input={self.input!r} needs non-negative values; X has "
+                             f"{int((X < 0).sum())} negative entries. Use input='logits' "
+                             "for scores that can be negative.")
+        if self.input == "proba":
+            return np.log(np.maximum(X, _PROBA_FLOOR))
+        return -np.square(X)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Solve the balanced assignment of the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_clusters)
+            Per-cluster scores, probabilities or distances (see ``input``).
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : SinkhornAssigner
+            Fitted assigner.
+        """
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        prior = None if self.prior is None else np.asarray(self.prior, dtype=np.float64)
+        res = sinkhorn_knopp(self._scores(X), lam=self.lam, prior=prior, tol=self.tol,
+                             max_iter=self.max_iter)
+        self.log_v_ = res.log_v
+        self.labels_ = res.labels
+        self.n_iter_ = res.n_iter
+        self.marginal_error_ = res.marginal_error
+        return self
+
+    def _log_odds(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self.lam * self._scores(X).astype(np.float64) + self.log_v_
+
+    def transform(self, X):
+        """Soft assignment of each row: ``softmax_k(lam * score_k + log_v_k)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_clusters)
+            Per-cluster scores, probabilities or distances (see ``input``).
+
+        Returns
+        -------
+        Q : ndarray of shape (n_samples, n_clusters)
+            Rows sum to 1; row ``i`` depends on row ``i`` of ``X`` only.
+        """
+        return softmax(self._log_odds(X), axis=1)
+
+    def predict(self, X):
+        """Cluster of each row: ``argmax_k lam * score_k + log_v_k``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_clusters)
+            Per-cluster scores, probabilities or distances (see ``input``).
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Cluster indices.
+        """
+        return self._log_odds(X).argmax(axis=1)
+
+    def fit_predict(self, X, y=None):
+        """Fit and return the balanced training assignment ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_clusters)
+            Per-cluster scores, probabilities or distances (see ``input``).
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Balanced cluster indices of the training rows.
+        """
+        return self.fit(X).labels_
+
+    @property
+    def _n_features_out(self):
+        return self.n_features_in_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64"]
+        return tags

@@ -1,0 +1,109 @@
+"""SinkhornAssigner: scikit-learn contract, balance, priors, inputs and outputs."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skselflabel import SinkhornAssigner, sinkhorn_knopp
+
+EXPECTED_FAILED = {
+    "check_clustering": (
+        "the check fits on blob coordinates and expects them grouped by proximity; "
+        "SinkhornAssigner reads its columns as per-cluster scores (one column per cluster), "
+        "so two coordinate columns mean two score columns, not a geometry to cluster"),
+}
+
+
+@parametrize_with_checks([SinkhornAssigner()],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def skewed_scores(N=2000, K=5, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((N, K))
+    z[:, 0] += 1.5                      # most rows prefer cluster 0
+    return z
+
+
+def test_fit_balances_and_stores_attributes():
+    z = skewed_scores()
+    assert np.bincount(z.argmax(1)).max() > 1000
+    est = SinkhornAssigner(lam=10.0).fit(z)
+    counts = np.bincount(est.labels_, minlength=5)
+    assert counts.min() >= 350 and counts.max() <= 450
+    assert est.log_v_.shape == (5,) and est.n_features_in_ == 5
+    assert est.marginal_error_ <= 1e-3 and est.n_iter_ >= 1
+    np.testing.assert_array_equal(est.fit_predict(z), est.labels_)
+
+
+def test_transform_rows_are_independent_distributions():
+    z = skewed_scores()
+    est = SinkhornAssigner(lam=10.0).fit(z)
+    Q = est.transform(z[:50])
+    np.testing.assert_allclose(Q.sum(1), 1.0)
+    np.testing.assert_allclose(est.transform(z[7:8]), Q[7:8])       # alone or in a batch
+    np.testing.assert_array_equal(est.predict(z[:50]), Q.argmax(1))
+    # On the training rows the fitted scalings reproduce the balanced labels.
+    np.testing.assert_array_equal(est.predict(z), est.labels_)
+
+
+def test_prior_gives_chosen_sizes():
+    z = skewed_scores(3000, 3)
+    est = SinkhornAssigner(lam=10.0, prior=[1, 1, 2]).fit(z)
+    frac = np.bincount(est.labels_, minlength=3) / 3000
+    np.testing.assert_allclose(frac, [0.25, 0.25, 0.5], atol=0.03)
+
+
+def test_proba_and_distance_inputs():
+    z = skewed_scores(600, 4)
+    P = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    P[0, 1] = 0.0                                          # zeros are floored, not -inf
+    a = SinkhornAssigner(lam=5.0, input="proba").fit(P)
+    assert np.isfinite(a.log_v_).all()
+    b = SinkhornAssigner(lam=5.0).fit(np.log(np.maximum(P, 1e-300)))
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    D = np.sqrt(np.maximum(-z + 10, 0))                      # smaller = closer
+    c = SinkhornAssigner(lam=5.0, input="distance").fit(D)
+    d = SinkhornAssigner(lam=5.0).fit(-D ** 2)
+    np.testing.assert_array_equal(c.labels_, d.labels_)
+    with pytest.raises(ValueError, match="non-negative"):
+        SinkhornAssigner(input="distance").fit(-D)
+
+
+def test_kmeans_pipeline_gives_balanced_clusters():
+    X, _ = make_blobs(n_samples=[500, 100, 50], centers=[[0, 0], [5, 0], [0, 5]],
+                      random_state=0)
+    pipe = make_pipeline(KMeans(n_clusters=5, n_init=2, random_state=0),
+                         SinkhornAssigner(input="distance", lam=1.0))
+    counts = np.bincount(pipe.fit_predict(X), minlength=5)
+    assert counts.min() >= 110 and counts.max() <= 150
+
+
+def test_feature_names_and_pandas_output():
+    z = pd.DataFrame(skewed_scores(300, 3), columns=["a", "b", "c"])
+    est = SinkhornAssigner(lam=5.0).set_output(transform="pandas").fit(z)
+    np.testing.assert_array_equal(est.feature_names_in_, ["a", "b", "c"])
+    out = est.transform(z)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["sinkhornassigner0", "sinkhornassigner1", "sinkhornassigner2"]
+    assert list(est.get_feature_names_out()) == list(out.columns)
+
+
+def test_errors():
+    with pytest.raises(NotFittedError):
+        SinkhornAssigner().transform(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="input"):
+        SinkhornAssigner(input="scores").fit(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="lam"):
+        SinkhornAssigner(lam=0).fit(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="length n_clusters=3"):
+        SinkhornAssigner(prior=[1, 2]).fit(np.zeros((4, 3)))
+    est = SinkhornAssigner().fit(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="features"):
+        est.predict(np.zeros((4, 2)))
