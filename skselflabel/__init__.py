@@ -1,7 +1,8 @@
 """skselflabel: SeLa self-labelling for scikit-learn and PyTorch."""
 from ._version import __version__
 from ._sinkhorn import SinkhornResult, sinkhorn_knopp
+from ._assigner import SinkhornAssigner
 from ._clusterer import SelfLabelClusterer
 from . import metrics
 
-__all__ = ["__version__", "sinkhorn_knopp", "SinkhornResult", "SelfLabelClusterer", "metrics"]
+__all__ = ["__version__", "sinkhorn_knopp", "SinkhornResult", "SinkhornAssigner", "SelfLabelClusterer", "metrics"]
