@@ -7,6 +7,7 @@ fast and needs no data. Set SKSELFLABEL_DOCS_EXECUTE=1 to run them during the bu
 (quick budget, SKSELFLABEL_QUICK=1), which shows their outputs.
 """
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,36 @@ numpydoc_xref_param_type = False
 html_theme = "furo"
 html_title = f"skselflabel {release}"
 html_static_path = []
+
+
+# scikit-learn style names end in "_" (labels_, n_features_in_). In reST a bare word_ is a
+# hyperlink reference, so "shape (n_features_in_,)" in a docstring is an "Unknown target
+# name" error. Wrap such names in literal quotes, outside existing `...` / ``...`` spans and
+# outside numpydoc's "name : type" heads, before numpydoc parses the docstring.
+_SPAN = re.compile(r"(``.*?``|`[^`]*`_{0,2})")
+_TRAILING_UNDERSCORE = re.compile(r"(?<![\w`*|])([A-Za-z]\w*?[A-Za-z0-9]_)(?![\w`])")
+_NUMPYDOC_HEAD = re.compile(r"^(\s*[\w*, ]+ : )(.*)$")
+
+
+def _quote_outside_spans(text):
+    parts = _SPAN.split(text)
+    for i in range(0, len(parts), 2):  # even parts lie outside backtick spans
+        parts[i] = _TRAILING_UNDERSCORE.sub(r"``\1``", parts[i])
+    return "".join(parts)
+
+
+def _literal_trailing_underscores(app, what, name, obj, options, lines):
+    for i, line in enumerate(lines):
+        head = _NUMPYDOC_HEAD.match(line)
+        if head:
+            lines[i] = head.group(1) + _quote_outside_spans(head.group(2))
+        elif not line.lstrip().startswith((">>>", "...", "..")):
+            lines[i] = _quote_outside_spans(line)
+
+
+def setup(app):
+    # Before numpydoc (priority 500) turns the sections into reST.
+    app.connect("autodoc-process-docstring", _literal_trailing_underscores, priority=100)
 
 
 def _copy_notebooks():
