@@ -7,8 +7,9 @@ global figure list (nothing to close, safe in loops and threads) and returns it:
 with ``fig.savefig(...)``; in Jupyter a returned figure is displayed.
 """
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from sklearn.utils import check_random_state
+
+from .metrics import cluster_accuracy, cluster_to_class_mapping
 
 __all__ = ["plot_cluster_grid", "plot_history", "plot_confusion"]
 
@@ -273,28 +274,27 @@ def plot_history(history, *, columns=None, figsize=None):
 
 
 def _matched_confusion(y_true, y_pred):
-    """Counts (classes x clusters), the cluster column order that puts each class's matched
-    cluster on the diagonal, and the accuracy under that one-to-one matching."""
-    # scipy's Hungarian solver directly: skselflabel.metrics.cluster_accuracy gives the
-    # score, but the plot also needs the matching itself to order the columns.
+    """Counts (classes x clusters) with the columns ordered so that the cluster matched to
+    each class (skselflabel.metrics' Hungarian matching) sits under it, and the ACC."""
     y_true = np.asarray(y_true).ravel()
     y_pred = np.asarray(y_pred).ravel()
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} entries but y_pred has {len(y_pred)}.")
     if len(y_true) == 0:
         raise ValueError("y_true and y_pred are empty.")
+    mapping = cluster_to_class_mapping(y_true, y_pred)  # {cluster: class}
     classes, true_idx = np.unique(y_true, return_inverse=True)
     clusters, pred_idx = np.unique(y_pred, return_inverse=True)
     counts = np.zeros((len(classes), len(clusters)), dtype=np.int64)
     np.add.at(counts, (true_idx, pred_idx), 1)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    accuracy = counts[rows, cols].sum() / len(y_true)
-    matched = dict(zip(rows, cols))
-    order = [matched[r] for r in range(len(classes)) if r in matched]
+    column_of = {cluster: j for j, cluster in enumerate(clusters.tolist())}
+    row_of = {cls: i for i, cls in enumerate(classes.tolist())}
+    matched = sorted((row_of[cls], column_of[cluster]) for cluster, cls in mapping.items())
+    order = [column for _, column in matched]
     # Clusters left over (more clusters than classes) go last, grouped by their main class.
     rest = sorted(set(range(len(clusters))) - set(order), key=lambda c: np.argmax(counts[:, c]))
     order += rest
-    return counts[:, order], classes, clusters[order], accuracy
+    return counts[:, order], classes, clusters[order], cluster_accuracy(y_true, y_pred)
 
 
 def plot_confusion(
