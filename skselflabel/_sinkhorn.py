@@ -44,6 +44,7 @@ _ZERO_BELOW = 2.0 * math.exp(_EXP_MIN)
 _SAFE_DRIFT = 47.0
 # Number of kernel entries the subsample warm-up works on (two buffers of this size).
 _WARMUP_ELEMENTS = 4_000_000
+_RANGES_PER_WORKER = 4
 # Bytes of one row block of the fused sweep: it should sit in a core's L2 cache.
 _BLOCK_BYTES = 1 << 20
 # At each epsilon-scaling stage below the target lam, iterate until this marginal error.
@@ -275,12 +276,15 @@ class _Rows:
         self.N, self.block = N, block
         n_blocks = -(-N // block)
         self.n_workers = max(1, min(n_workers, n_blocks)) if device.type == "cpu" else 1
-        per = -(-n_blocks // self.n_workers) * block
+        # A few ranges per worker, handed out as workers free up, so that a core slowed by
+        # other processes does not hold up the whole sweep.
+        n_ranges = min(n_blocks, self.n_workers * _RANGES_PER_WORKER)
+        per = -(-n_blocks // n_ranges) * block
         self.ranges = [(lo, min(N, lo + per)) for lo in range(0, N, per)]
-        self._pool = (ThreadPoolExecutor(len(self.ranges)) if len(self.ranges) > 1 else None)
+        self._pool = (ThreadPoolExecutor(self.n_workers) if self.n_workers > 1 else None)
 
     def map(self, fn):
-        """``[fn(lo, hi, block) for each range]``, one range per worker thread."""
+        """``[fn(lo, hi, block) for each range]``, the ranges spread over the workers."""
         if self._pool is None:
             return [fn(lo, hi, self.block) for lo, hi in self.ranges]
         return list(self._pool.map(lambda r: fn(r[0], r[1], self.block), self.ranges))
