@@ -34,6 +34,7 @@ demo: venv
 	$(PY) -m skselflabel.demo
 
 bench: venv
+	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/sinkhorn.py
 
 docs: venv
