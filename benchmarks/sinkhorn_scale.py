@@ -12,6 +12,7 @@ from pathlib import Path
 import resource
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -58,8 +59,11 @@ def main(argv=None):
     gen_s = time.perf_counter() - t0
     print(f"generated {z.shape} float32 ({z.nbytes / 1e9:.1f} GB) in {gen_s:.0f} s", flush=True)
     t0 = time.perf_counter()
-    res = sinkhorn_knopp(z, lam=25.0, copy=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sinkhorn_knopp(z, lam=25.0, copy=False)
     solve_s = time.perf_counter() - t0
+    warned = "; ".join(f"{w.category.__name__}: {w.message}" for w in caught) or "none"
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     counts = np.bincount(res.labels, minlength=args.k)
     md = "\n".join([
@@ -76,7 +80,7 @@ def main(argv=None):
         f"| {peak_gib:.2f} GiB | {counts.min()} / {counts.max()} ({args.n / args.k:.0f}) |",
         "",
         "lam = 25, tol = 1e-3 (default). Logits generated in place in chunks (the "
-        f"generation, {gen_s:.0f} s, is not in the solve time).",
+        f"generation, {gen_s:.0f} s, is not in the solve time). Warnings: {warned}.",
     ])
     print(md)
     if not args.no_write:

@@ -34,6 +34,7 @@ __all__ = ["SinkhornResult", "sinkhorn_knopp"]
 # far inside float32's exp range (about +-87), so products of kernel entries, scalings and
 # up to millions of summands stay finite.
 _ABSORB = 30.0
+# Between absorption checks a log-scaling is kept within [-_CLAMP, _CLAMP] (same reason).
 _CLAMP = 60.0
 # Kernel entries below exp(-87) (float32's smallest normal number is about exp(-87.3)) are
 # stored as exact zeros: they carry no mass next to their row's maximum of 1.
@@ -44,6 +45,8 @@ _ZERO_BELOW = 2.0 * math.exp(_EXP_MIN)
 _SAFE_DRIFT = 47.0
 # Number of kernel entries the subsample warm-up works on (two buffers of this size).
 _WARMUP_ELEMENTS = 4_000_000
+_WARMUP_ROWS_PER_CLUSTER = 8
+# CPU: row ranges per worker thread (see _Rows).
 _RANGES_PER_WORKER = 4
 # Bytes of one row block of the fused sweep: it should sit in a core's L2 cache.
 _BLOCK_BYTES = 1 << 20
@@ -205,11 +208,11 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}.")
-    src = _as_tensor(scores)
+    src, writeable = _as_tensor(scores)
     with torch.no_grad(), _single_threaded_ops(src.device) as n_threads:
         return _solve(src, lam=lam, prior=prior, tol=float(tol), max_iter=int(max_iter),
-                      copy=copy, init_log_v=init_log_v, reduce_fn=reduce_fn, n_total=n_total,
-                      n_threads=n_threads)
+                      copy=copy or not writeable, init_log_v=init_log_v, reduce_fn=reduce_fn,
+                      n_total=n_total, n_threads=n_threads)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -224,17 +227,23 @@ def _check_lam(lam):
 
 
 def _as_tensor(scores):
+    """(tensor sharing memory with ``scores`` where possible, whether it may be written)."""
     if isinstance(scores, torch.Tensor):
-        return scores.detach()
+        return scores.detach(), True
     arr = np.asarray(scores)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
                                    or arr.dtype == np.bool_):
         raise ValueError(f"scores must hold real numbers, got dtype {arr.dtype}.")
     if np.iscomplexobj(arr):
         raise ValueError("scores must hold real numbers, got complex values.")
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.flags.writeable:
+        return torch.from_numpy(arr), True
+    with warnings.catch_warnings():
+        # Read-only memory is only ever read here (copy=False then falls back to a copy).
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr), False
 
 
 def _check_prior(prior, K, device):
@@ -361,7 +370,8 @@ def _solve_blocks(src, rows, lam, p, tol, max_iter, copy, init_log_v, reduce_fn,
 
     # Column potentials g (float64): from the caller, or from a row subsample with
     # epsilon-scaling, where the kernel can be rebuilt exactly whenever it is needed.
-    n_sub = max(1, min(N, _WARMUP_ELEMENTS // K))
+    # At least _WARMUP_ROWS_PER_CLUSTER rows per cluster, so every potential is estimated.
+    n_sub = max(1, min(N, max(_WARMUP_ELEMENTS // K, _WARMUP_ROWS_PER_CLUSTER * K)))
     if init_log_v is not None:
         g = torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(device)
         if g.shape != (K,):
@@ -459,7 +469,7 @@ class _LoopResult:
     log_v: torch.Tensor       # column log-scalings of the returned plan, relative to g
     n_iter: int
     error: float
-    drift: float = 0.0        # bound on potential changes since W was built (in place)
+    drift: float = 0.0        # bound on relative potential changes since W was built
 
 
 def _scaling_loop(W, rows, a, g, lam, log_p, r, tol, max_iter, reduce_fn, source,
@@ -476,7 +486,7 @@ def _scaling_loop(W, rows, a, g, lam, log_p, r, tol, max_iter, reduce_fn, source
     it stays below ``_SAFE_DRIFT`` the dropped entries are still below exp(-40) of their
     row's largest.
     """
-    g_lo, g_hi = g.clone(), g.clone()
+    built = [g.clone()]               # potentials at which W was built or last absorbed
     N, K = W.shape
     device = W.device
     log_v = torch.zeros(K, dtype=torch.float64, device=device)
@@ -528,14 +538,16 @@ def _scaling_loop(W, rows, a, g, lam, log_p, r, tol, max_iter, reduce_fn, source
             else:
                 a = _absorb_in_place(W, rows, a, log_v)
                 g = g + log_v
-                g_lo, g_hi = torch.minimum(g_lo, g), torch.maximum(g_hi, g)
+                built.append(g.clone())
             log_v = torch.where(allowed, torch.zeros_like(log_v), log_v)
     drift = 0.0
     if source is None:
+        # An entry dropped at potentials g_t changed, relative to its row's largest entry,
+        # by at most the spread of g_end - g_t over the clusters.
         g_end = g + log_v
-        g_lo, g_hi = torch.minimum(g_lo, g_end), torch.maximum(g_hi, g_end)
-        span = torch.where(allowed, g_hi - g_lo, torch.zeros_like(g))
-        drift = 2.0 * float(span.max())
+        for g_t in built:
+            delta = (g_end - g_t)[allowed]
+            drift = max(drift, float(delta.max() - delta.min()))
     return _LoopResult(W, u.to(torch.float64), a, g, log_v, it, err, drift)
 
 

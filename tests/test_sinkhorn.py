@@ -354,3 +354,15 @@ def test_in_place_drift_warns(monkeypatch, small_warmup):
     with pytest.warns(RuntimeWarning, match="copy=True"):
         sinkhorn_knopp(z, lam=25.0, tol=1e-2, init_log_v=bad_start, copy=False,
                        max_iter=3000)
+
+
+def test_read_only_and_big_endian_input():
+    z = head_logits(300, 4)
+    ref = sinkhorn_knopp(z, lam=5.0)
+    ro = z.copy()
+    ro.setflags(write=False)
+    res = sinkhorn_knopp(ro, lam=5.0, copy=False)        # falls back to a copy
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    np.testing.assert_array_equal(ro, z)
+    res = sinkhorn_knopp(z.astype(">f4"), lam=5.0)
+    np.testing.assert_array_equal(res.labels, ref.labels)
