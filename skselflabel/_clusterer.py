@@ -121,10 +121,10 @@ class SelfLabelClusterer(
         L2 penalty (decoupled for AdamW).
 
     n_neighbors : int or "auto", default="auto"
-        Neighbour views: each gradient step feeds a sample's input replaced by a random one
-        of its ``n_neighbors`` nearest neighbours in input space (after centring; images
-        projected on their top 64 principal axes). 0 trains on the samples themselves.
-        "auto" is 10 (fewer for tiny data sets).
+        Size of the k-nearest-neighbour graph of the training inputs (Euclidean, after
+        centring; inputs wider than 64 are projected on their top 64 principal axes),
+        built once per fit and used for neighbour views and label diffusion. 0 disables
+        both. "auto" is 10 (fewer for tiny data sets).
 
     neighbor_prob : float in [0, 1] or "auto", default="auto"
         Probability that a training input is replaced by a random neighbour (else the
