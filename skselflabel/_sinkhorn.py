@@ -176,6 +176,23 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     --------
     SinkhornAssigner : Transformer that fits the cluster scalings and applies them to new rows.
 
+    Notes
+    -----
+    Sinkhorn converges linearly, and slowly when :math:`\lambda` times the score gaps is
+    large. The hardest inputs are exact ties: rows that are identical copies (say one-hot
+    logits with a gap of 50) in groups of unequal size, where a cluster's potential must
+    climb by about :math:`\lambda \times \mathrm{gap}` before it gains any mass; there the
+    error falls in plateaus (0.04 after 5,000 iterations at :math:`\lambda = 25`). Any noise
+    in the scores removes the plateaus.
+
+    On CPU the rows are split over ``torch.get_num_threads()`` Python threads, and torch's
+    intra-op thread count is set to 1 for the duration of the call (then restored).
+
+    With ``copy=False`` the kernel is built once in place; kernel entries below
+    ``exp(-87)`` of their row's largest are stored as zeros. If the column potentials later
+    move by more than 47 relative to each other, those entries might matter and a
+    ``RuntimeWarning`` says so (``copy=True`` rebuilds the kernel from the scores instead).
+
     References
     ----------
     .. [1] Y. M. Asano, C. Rupprecht, A. Vedaldi. "Self-labelling via simultaneous clustering
