@@ -634,7 +634,7 @@ class SelfLabelClusterer(
     # Inference runs in batches of exactly this many rows (the last one zero-padded): float
     # matrix kernels round differently for different batch sizes, and a fixed size makes a
     # sample's output independent of what else is predicted with it.
-    _INFERENCE_BATCH = 512
+    _INFERENCE_BATCH = 256
 
     @torch.no_grad()
     def _embed(self, X_t, out=None):
