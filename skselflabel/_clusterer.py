@@ -547,8 +547,10 @@ class SelfLabelClusterer(
                         if augment is not None:
                             xb = augment(xb, gen)
                         features = backbone(xb)
-                        loss = sum(F.cross_entropy(head(features), labels[h, idx])
-                                   for h, head in enumerate(heads)) / n_heads
+                        losses = [F.cross_entropy(head(features), labels[h, idx])
+                                  for h, head in enumerate(heads)]
+                        # One head (the default) needs no extra add/divide kernels per step.
+                        loss = losses[0] if n_heads == 1 else torch.stack(losses).mean()
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
