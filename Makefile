@@ -15,7 +15,8 @@ help:
 	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
 	@echo "make docs   - build the documentation site (warnings are errors)"
 
-$(VENV)/.installed: pyproject.toml
+# setup.py compiles skselflabel/_fused.c (the solver's CPU kernel) into the source tree.
+$(VENV)/.installed: pyproject.toml setup.py skselflabel/_fused.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH_PIN)"
@@ -43,3 +44,4 @@ docs: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info docs/_build docs/generated docs/notebooks .pytest_cache
+	rm -f skselflabel/*.so skselflabel/*.pyd
