@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent.parent / "shared" / "reference"))
 from _report import machine_description, write_section  # noqa: E402
 from sinkhorn_float64 import balanced_logits, reference_labels  # noqa: E402
 
-from skselflabel import sinkhorn_knopp  # noqa: E402
+from skselflabel import _sinkhorn, sinkhorn_knopp  # noqa: E402
 
 try:
     import ot
@@ -163,6 +163,13 @@ def bench_size(N, K, repeats, with_pot):
     floor = N * K * 4 / bw
     per_iter = seconds_per_iteration(z, res.log_v)
     row.update(bw=bw, floor=floor, per_iter=per_iter)
+    if _sinkhorn._fused is not None:
+        # The same, with the pure-torch sweep that runs where the C kernel is not built.
+        fused, _sinkhorn._fused = _sinkhorn._fused, None
+        try:
+            row["per_iter_torch"] = seconds_per_iteration(z, res.log_v)
+        finally:
+            _sinkhorn._fused = fused
 
     if with_pot and ot is not None:
         (pot_labels, pot_iter, pot_err), pot_s, pot_mem = measure(lambda: pot_solve(z, LAM,
@@ -174,7 +181,8 @@ def bench_size(N, K, repeats, with_pot):
 def table(rows):
     head = ("| N x K | skselflabel s | iter | marginal error | reference s (iter, error) "
             "| speed-up vs reference | POT s (iter, error) | speed-up vs POT "
-            "| s / iter vs bandwidth floor | peak memory (ours / reference / POT) "
+            "| s / iter vs bandwidth floor | s / iter, pure-torch sweep "
+            "| peak memory (ours / reference / POT) "
             "| labels agree (reference / tight f64) |")
     lines = [head, "|" + "---|" * head.count("|")[:-1] if False else
              "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
@@ -189,7 +197,9 @@ def table(rows):
             f"| {r['ref_s']:.1f} ({r['ref_iter']}, {r['ref_err']:.1e}) "
             f"| {r['ref_s'] / r['s']:.1f}x | {pot} | {pot_speed} "
             f"| {r['per_iter'] * 1e3:.1f} ms vs {r['floor'] * 1e3:.1f} ms "
-            f"({r['per_iter'] / r['floor']:.1f}x; {r['bw'] / 1e9:.1f} GB/s) "
+            f"({r['per_iter'] / r['floor']:.2f}x; {r['bw'] / 1e9:.1f} GB/s) "
+            + (f"| {r['per_iter_torch'] * 1e3:.1f} ms ({r['per_iter_torch'] / r['floor']:.2f}x) "
+               if "per_iter_torch" in r else "| - ") +
             f"| {r['mem'] / mb:.0f} / {r['ref_mem'] / mb:.0f} / {pot_mem} MiB "
             f"| {100 * r['agree_ref']:.2f}% / {100 * r['agree_tight']:.2f}% |")
     return "\n".join(lines)
@@ -203,6 +213,7 @@ def main(argv=None):
     sizes = [(20_000, 500)] if args.quick else [(20_000, 500), (100_000, 1_000)]
     if ot is None:
         print("POT is not installed (pip install pot): the POT column is skipped.")
+    load = os.getloadavg()[0]
     rows = []
     for N, K in sizes:
         print(f"N={N:,} K={K:,} ...", flush=True)
@@ -214,10 +225,11 @@ def main(argv=None):
         "",
         f"Command: `python benchmarks/sinkhorn.py{' --quick' if args.quick else ''}` "
         f"(or `make bench`). Machine: {machine_description()}; torch "
-        f"{torch.__version__}, threads {torch.get_num_threads()}. Logits: "
-        "`balanced_logits(N, K)` from ../shared/reference, lam = 25. The machine is shared "
-        "with other jobs, so read the ratios (measured side by side in one process) rather "
-        "than the absolute seconds.",
+        f"{torch.__version__}, threads {torch.get_num_threads()}; compiled sweep "
+        f"(`skselflabel._fused`): {'yes' if _sinkhorn._fused is not None else 'not built'}; "
+        f"1-minute load average at the start {load:.1f}. Logits: "
+        "`balanced_logits(N, K)` from ../shared/reference, lam = 25. Read the ratios "
+        "(measured side by side in one process) rather than the absolute seconds.",
         "",
         table(rows),
         "",
@@ -227,7 +239,9 @@ def main(argv=None):
         "`reference_labels(z, lam=25, tol=0.1)` (float64, two passes per iteration). POT: "
         "`ot.sinkhorn` (float64), stopped at the same error. s / iter: slope between 10 and "
         "40 iterations, against N * K * 4 bytes / the read bandwidth of a `.sum()` over the "
-        "same float32 matrix in the same run. Peak memory: resident-set growth during the "
+        "same float32 matrix in the same run; the pure-torch column is the same slope with "
+        "the compiled kernel switched off (two matrix-vector products per cache-sized row "
+        "block). Peak memory: resident-set growth during the "
         "call. Labels agree: share of samples with the reference's label / with a float64 "
         f"solve to tol 1e-7. Process peak RSS: {peak:.2f} GiB.",
     ])
