@@ -263,13 +263,14 @@ X.shape'''),
     KMeans clusters can be of any size. `SinkhornAssigner(input="distance")` on the
     distances to the KMeans centres (smaller is closer) gives clusters of equal size that
     stay as close to the centres as it can. With distances, the score is the negative
-    *squared* distance, so `lam` is in units of 1 / squared distance: here squared
-    distances to the nearest and second-nearest centre differ by about 24 (median), and
-    `lam=1` already makes the assignment nearly hard. The same thing as a pipeline:
-    `make_pipeline(KMeans(K), SinkhornAssigner(input="distance", lam=1.0))`.
+    *squared* distance divided by `distance_scale_`, the median squared distance of a
+    sample to its nearest centre (fitted once), so the default `lam=25` suits data of any
+    scale. The same thing as a pipeline:
+    `make_pipeline(KMeans(K), SinkhornAssigner(input="distance"))`.
     """),
     code('''
-    assigner = SinkhornAssigner(input="distance", lam=1.0).fit(distances)
+    assigner = SinkhornAssigner(input="distance").fit(distances)
+    print("distance_scale_:", round(assigner.distance_scale_, 1))
     sizes = pd.DataFrame({
         "KMeans": np.bincount(kmeans.labels_, minlength=K),
         "KMeans + SinkhornAssigner": np.bincount(assigner.labels_, minlength=K),
@@ -291,7 +292,7 @@ X.shape'''),
     """),
     code('''
     prior = np.arange(1, K + 1, dtype=float)
-    skewed = SinkhornAssigner(input="distance", lam=1.0, prior=prior).fit(distances)
+    skewed = SinkhornAssigner(input="distance", prior=prior).fit(distances)
     pd.DataFrame({
         "asked": np.round(prior / prior.sum() * len(X)).astype(int),
         "got": np.bincount(skewed.labels_, minlength=K),
@@ -314,13 +315,13 @@ X.shape'''),
 
     `lam` is the inverse of the entropy regularisation. Small values give smooth
     assignments whose hard labels are only roughly balanced; large values approach the
-    exact balanced partition, at the cost of more Sinkhorn iterations. Since the scores
-    are squared distances some tens of units apart, the interesting range of `lam` lies
-    well below 1.
+    exact balanced partition, at the cost of more Sinkhorn iterations. The scores are
+    squared distances in units of `distance_scale_`, so the same range of `lam` matters
+    whatever the scale of the data.
     """),
     code('''
     rows = []
-    lams = [0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]
+    lams = [0.3, 1, 3, 10, 25, 100]
     for lam in lams:
         a = SinkhornAssigner(input="distance", lam=lam, max_iter=5000).fit(distances)
         counts = np.bincount(a.labels_, minlength=K)

@@ -36,7 +36,8 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
     ----------
     lam : float, default=25.0
         Inverse entropic regularisation :math:`\lambda`: larger gives harder assignments.
-        With ``input="distance"`` it is in units of 1 / squared distance.
+        With ``input="distance"`` the squared distances are first divided by their typical
+        size (``distance_scale_``), so the default suits distances of any scale.
     prior : array-like of shape (n_clusters,), default=None
         Relative cluster sizes (normalised to sum 1); uniform when None.
     input : {"logits", "proba", "distance"}, default="logits"
@@ -45,9 +46,10 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         - ``"logits"``: scores, higher is better (logits or log-probabilities);
         - ``"proba"``: probabilities, used through their log (zeros are floored at 1e-300);
         - ``"distance"``: distances to cluster centres, smaller is closer (for example
-          ``KMeans.transform``); the score is the negative *squared* distance, so that
+          ``KMeans.transform``); the score is the negative *squared* distance in units of
+          ``distance_scale_`` (:math:`s = -d^2 / \sigma^2`), so that
           :math:`\exp(\lambda s)` is a Gaussian kernel and the assignment the responsibility
-          of an isotropic Gaussian mixture with variance :math:`1 / (2 \lambda)` and
+          of an isotropic Gaussian mixture with variance :math:`\sigma^2 / (2 \lambda)` and
           cluster weights set by the balance constraint.
     tol : float, default=1e-3
         Largest relative error of the cluster sizes (and row sums) at convergence.
@@ -64,6 +66,10 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         Sinkhorn iterations run by ``fit``.
     marginal_error_ : float
         Largest relative error of a row or cluster sum of the fitted training assignment.
+    distance_scale_ : float
+        Only with ``input="distance"``: :math:`\sigma^2`, the median over the training rows
+        of the squared distance to the nearest centre (the mean squared distance if that
+        median is 0, and 1 if all distances are 0). Fitted once, used for new rows too.
     n_features_in_ : int
         Number of columns (clusters) seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -88,9 +94,9 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
     >>> km = KMeans(n_clusters=4, n_init=3, random_state=0)
     >>> np.bincount(km.fit_predict(X))
     array([147,  77, 103,  73])
-    >>> pipe = make_pipeline(km, SinkhornAssigner(input="distance", lam=1.0))
+    >>> pipe = make_pipeline(km, SinkhornAssigner(input="distance"))
     >>> np.bincount(pipe.fit_predict(X))
-    array([105,  98, 103,  94])
+    array([101,  99, 100, 100])
 
     A prior gives clusters of chosen sizes; ``transform`` gives soft assignments of new rows
     and ``predict`` their argmax:
@@ -98,7 +104,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
     >>> pipe.set_params(sinkhornassigner__prior=[1, 1, 1, 5])
     Pipeline(...)
     >>> np.bincount(pipe.fit_predict(X))
-    array([ 48,  52,  48, 252])
+    array([ 49,  51,  50, 250])
     >>> pipe.transform(X[:2]).round(2)
     array([[0., 0., 1., 0.],
            [0., 0., 0., 1.]])
@@ -131,7 +137,16 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
                              "for scores that can be negative.")
         if self.input == "proba":
             return np.log(np.maximum(X, _PROBA_FLOOR))
-        return -np.square(X)
+        return -np.square(X) / self.distance_scale_
+
+    @staticmethod
+    def _distance_scale(X):
+        """Typical squared distance of a row to its nearest centre (see distance_scale_)."""
+        sq = np.square(X, dtype=np.float64)
+        for scale in (np.median(sq.min(axis=1)), sq.mean()):
+            if scale > 0 and np.isfinite(scale):
+                return float(scale)
+        return 1.0
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -151,6 +166,8 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         prior = None if self.prior is None else np.asarray(self.prior, dtype=np.float64)
+        if self.input == "distance":
+            self.distance_scale_ = self._distance_scale(X)
         res = sinkhorn_knopp(self._scores(X), lam=self.lam, prior=prior, tol=self.tol,
                              max_iter=self.max_iter)
         self.log_v_ = res.log_v

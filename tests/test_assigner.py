@@ -1,9 +1,12 @@
 """SinkhornAssigner: scikit-learn contract, balance, priors, inputs and outputs."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.cluster import KMeans
-from sklearn.datasets import make_blobs
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -70,19 +73,39 @@ def test_proba_and_distance_inputs():
     np.testing.assert_array_equal(a.labels_, b.labels_)
     D = np.sqrt(np.maximum(-z + 10, 0))                      # smaller = closer
     c = SinkhornAssigner(lam=5.0, input="distance").fit(D)
-    d = SinkhornAssigner(lam=5.0).fit(-D ** 2)
+    sigma2 = np.median((D ** 2).min(1))
+    assert c.distance_scale_ == pytest.approx(sigma2)
+    d = SinkhornAssigner(lam=5.0).fit(-D ** 2 / sigma2)
     np.testing.assert_array_equal(c.labels_, d.labels_)
+    # The fitted scale is reused for new rows, so one row's result does not depend on others.
+    np.testing.assert_allclose(c.transform(D[:1]), c.transform(D)[:1])
     with pytest.raises(ValueError, match="non-negative"):
         SinkhornAssigner(input="distance").fit(-D)
 
 
-def test_kmeans_pipeline_gives_balanced_clusters():
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_kmeans_pipeline_gives_balanced_clusters(scale):
+    # The default lam works at any scale of the data: distances are measured in units of
+    # the fitted distance_scale_.
     X, _ = make_blobs(n_samples=[500, 100, 50], centers=[[0, 0], [5, 0], [0, 5]],
                       random_state=0)
     pipe = make_pipeline(KMeans(n_clusters=5, n_init=2, random_state=0),
-                         SinkhornAssigner(input="distance", lam=1.0))
-    counts = np.bincount(pipe.fit_predict(X), minlength=5)
-    assert counts.min() >= 110 and counts.max() <= 150
+                         SinkhornAssigner(input="distance"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        counts = np.bincount(pipe.fit_predict(X * scale), minlength=5)
+    assert counts.min() >= 120 and counts.max() <= 140
+
+
+def test_default_lam_converges_on_raw_digits_distances():
+    X, _ = load_digits(return_X_y=True)
+    D = KMeans(n_clusters=50, n_init=1, random_state=0).fit_transform(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        a = SinkhornAssigner(input="distance").fit(D)
+    assert a.marginal_error_ <= 1e-3
+    counts = np.bincount(a.labels_, minlength=50)
+    assert counts.min() >= 30 and counts.max() <= 42
 
 
 def test_feature_names_and_pandas_output():
