@@ -420,6 +420,12 @@ def _solve_blocks(src, rows, lam, p, tol, max_iter, copy, init_log_v, reduce_fn,
                         torch.full_like(g, -math.inf))
     else:
         whole = n_sub == N
+        if reduce_fn is not None:
+            # Every process must take the same path (the reductions must pair up), so the
+            # subsample is the whole matrix only if it is so in every process.
+            flag = torch.tensor([0.0 if whole else 1.0], dtype=torch.float64, device=device)
+            reduce_fn(flag)
+            whole = bool(flag[0] == 0)
         idx = None if whole else torch.linspace(0, N - 1, n_sub, device=device).round().long()
         sub = src if whole else src.index_select(0, idx)
         sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
