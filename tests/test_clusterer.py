@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.datasets import make_blobs
+from sklearn.datasets import load_digits, make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -243,7 +243,7 @@ def test_images_3d_and_4d_use_the_cnn(images):
     b = SelfLabelClusterer(n_clusters=3, **FAST).fit(images[:, None])
     assert type(a.backbone_).__name__ == "SmallCNN"
     np.testing.assert_array_equal(a.labels_, b.labels_)
-    assert a.transform(images).shape == (48, 128)
+    assert a.transform(images).shape == (48, 768)      # SmallCNN.represent: pooled conv maps
     assert a.predict(images[:, None]).shape == (48,)  # 3-D fit accepts (n, 1, h, w)
     with pytest.raises(ValueError, match="fitted on samples of shape"):
         a.predict(np.zeros((2, 9, 8), dtype=np.float32))
@@ -414,3 +414,50 @@ def test_diffusion_and_neighbor_views_change_the_result(blobs):
     for params in [{"diffusion_steps": 0}, {"neighbor_prob": 0.0}, {"n_neighbors": 0}]:
         other = SelfLabelClusterer(n_clusters=3, **FAST, **params).fit(blobs[0])
         assert not np.array_equal(base, other.transform(blobs[0])), params
+
+
+# ------------------------------------------------------------------ neighbour graph space
+def test_neighbor_features_auto_uses_gradients_for_images_of_16_pixels_or_more(monkeypatch):
+    import skselflabel._clusterer as clusterer_module
+
+    seen = []
+    real = clusterer_module.gradient_histograms
+    monkeypatch.setattr(clusterer_module, "gradient_histograms",
+                        lambda x: seen.append(tuple(x.shape)) or real(x))
+    rng = np.random.default_rng(0)
+    big = rng.random((40, 1, 16, 16)).astype(np.float32)
+    small = rng.random((40, 1, 8, 8)).astype(np.float32)
+    SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0).fit(big)
+    assert seen == [(40, 1, 16, 16)]
+    SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0).fit(small)
+    assert seen == [(40, 1, 16, 16)]              # 8x8: pixels
+    SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0,
+                       neighbor_features="gradients").fit(small)
+    assert seen[-1] == (40, 1, 8, 8)
+
+
+def test_neighbor_features_callable_builds_the_graph():
+    # A space where each class collapses to a point: the graph links only same-class rows,
+    # so graph-smoothed self-labels recover the classes of the digits table.
+    X, y = load_digits(return_X_y=True)
+    calls = []
+
+    def oracle(X_t):
+        calls.append(tuple(X_t.shape))
+        return torch.nn.functional.one_hot(torch.as_tensor(y), 10).float() * 10
+
+    est = SelfLabelClusterer(n_clusters=10, max_epochs=10, random_state=0,
+                             neighbor_features=oracle).fit(X)
+    assert calls == [X.shape]
+    assert cluster_accuracy(y, est.labels_) > 0.97
+
+
+@pytest.mark.parametrize("space, match", [
+    ("gradients", "needs images"),
+    (lambda X_t: X_t[:5], r"\(n_samples, n_features\) tensor for 60 samples"),
+    (lambda X_t: X_t * float("nan"), "NaN or inf"),
+])
+def test_neighbor_features_errors(space, match):
+    X = np.random.default_rng(0).random((60, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=match):
+        SelfLabelClusterer(n_clusters=2, max_epochs=1, neighbor_features=space).fit(X)
