@@ -22,6 +22,7 @@ Targets (issue 4): train ACC >= 0.70, NMI >= 0.68; test ACC within 0.02 of train
 probe accuracy >= 0.89.
 """
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -91,6 +93,7 @@ def main():
     X_test, y_test = X_test[:args.n_test], y_test[:args.n_test]
     print(f"train {X_train.shape} {X_train.dtype}, test {X_test.shape}", flush=True)
 
+    load_start = os.getloadavg()[0]
     rows = []
     params = dict(n_clusters=10, random_state=0)
     if args.max_epochs is not None:
@@ -146,7 +149,9 @@ def main():
         "",
         f"Command: {command}",
         "",
-        f"Machine: {machine_description()} (shared with other jobs).",
+        f"Machine: {machine_description()}; torch threads {torch.get_num_threads()}; "
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+        "the end (2 means both cores busy).",
         "",
         f"Data: {scope}; images float32 in [0, 1], shape (n, 28, 28). Probe: "
         f"StandardScaler + LogisticRegression(max_iter={PROBE_MAX_ITER}) fitted on the "
