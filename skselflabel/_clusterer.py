@@ -801,7 +801,8 @@ class SelfLabelClusterer(
 
         It is the backbone's ``represent(x)`` when it defines one: for the default image
         backbone (``SmallCNN``), the maps of its last two convolution blocks pooled to
-        2x2 (768 values), which make better linear-probe inputs than the heads' input.
+        3x3 and 2x2 (1408 values), which make better linear-probe inputs than the heads'
+        input.
         Otherwise it is the backbone's output, the input of the heads (128 values for the
         default table backbone).
 

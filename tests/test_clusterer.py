@@ -243,7 +243,7 @@ def test_images_3d_and_4d_use_the_cnn(images):
     b = SelfLabelClusterer(n_clusters=3, **FAST).fit(images[:, None])
     assert type(a.backbone_).__name__ == "SmallCNN"
     np.testing.assert_array_equal(a.labels_, b.labels_)
-    assert a.transform(images).shape == (48, 768)      # SmallCNN.represent: pooled conv maps
+    assert a.transform(images).shape == (48, 1408)     # SmallCNN.represent: pooled conv maps
     assert a.predict(images[:, None]).shape == (48,)  # 3-D fit accepts (n, 1, h, w)
     with pytest.raises(ValueError, match="fitted on samples of shape"):
         a.predict(np.zeros((2, 9, 8), dtype=np.float32))

@@ -80,7 +80,7 @@ def test_predict_on_test_images(fitted, fashion):
 def test_transform_feeds_a_linear_probe(fitted, fashion):
     X_train, y_train, X_test, y_test = fashion
     F_train, F_test = fitted.transform(X_train), fitted.transform(X_test)
-    assert F_train.shape == (N_TRAIN, 768) and F_train.dtype == np.float32   # pooled conv maps
+    assert F_train.shape == (N_TRAIN, 1408) and F_train.dtype == np.float32   # pooled conv maps
     assert np.isfinite(F_train).all()
     # 100 lbfgs iterations reach a usable probe; full convergence is not the point here.
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=100))
