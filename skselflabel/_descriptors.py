@@ -41,7 +41,8 @@ def gradient_histograms(images, *, cell=4, n_bins=9, batch_size=2048):
     Returns
     -------
     features : torch.Tensor of shape (n_samples, n_features), float32
-        Non-negative, unit-norm rows (all zeros for a constant image).
+        Non-negative rows, square roots of a unit-norm histogram vector (all zeros for a
+        constant image).
 
     Examples
     --------
