@@ -143,6 +143,7 @@ def estimator_fit(X, n_epochs, n_label_updates, seed):
                              max_epochs=n_epochs, n_label_updates=n_label_updates,
                              optimizer="adam", lr=1e-3, weight_decay=1e-4,
                              n_neighbors=N_NEIGHBORS, neighbor_prob=NEIGHBOR_PROB,
+                             neighbor_features="input",   # the hand loop's graph: pixels
                              diffusion_steps=DIFFUSION_STEPS, lam=LAM, augment="auto",
                              device="cpu", random_state=seed)
     tic, cpu = time.perf_counter(), time.process_time()
