@@ -8,6 +8,7 @@ resident set (``resource.getrusage``), input included, and writes them to the
 "sinkhorn-scale" section of docs/benchmarks.md.
 """
 import argparse
+import os
 from pathlib import Path
 import resource
 import sys
@@ -15,11 +16,12 @@ import time
 import warnings
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, write_section  # noqa: E402
 
-from skselflabel import sinkhorn_knopp  # noqa: E402
+from skselflabel import _sinkhorn, sinkhorn_knopp  # noqa: E402
 
 
 def available_gib():
@@ -51,6 +53,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     need = args.n * args.k * 4 / 2 ** 30 + 1.0
     free = available_gib()
+    load = os.getloadavg()[0]
     if free < need:
         sys.exit(f"need about {need:.1f} GiB of available memory, /proc/meminfo says "
                  f"{free:.1f} GiB; not starting.")
@@ -70,7 +73,9 @@ def main(argv=None):
         "## Sinkhorn-Knopp at ImageNet scale (`benchmarks/sinkhorn_scale.py`)",
         "",
         f"Command: `python benchmarks/sinkhorn_scale.py`. Machine: {machine_description()}, "
-        f"{free:.1f} GiB available at start, shared with other jobs.",
+        f"{free:.1f} GiB available and 1-minute load average {load:.1f} at the start; "
+        f"torch threads {torch.get_num_threads()}; compiled sweep (`skselflabel._fused`): "
+        f"{'yes' if _sinkhorn._fused is not None else 'not built'}.",
         "",
         "| N x K | input | solve seconds | iterations | marginal error | converged "
         "| peak RSS (input included) | cluster sizes min / max (target) |",
