@@ -501,7 +501,7 @@ class SelfLabelClusterer(
         if self.diffusion_steps == "auto":
             # A lazy random walk needs more steps to spread over the larger clusters of a
             # larger graph: 20 suits digits (1,797 samples; 60 lowered seed 0's NMI from
-            # 0.956 to 0.873), 60 suits Fashion-MNIST (20,000 images: ACC 0.60 at 20 steps,
+            # 0.931 to 0.857), 60 suits Fashion-MNIST (20,000 images: ACC 0.60 at 20 steps,
             # 0.76 at 60, no better at 150).
             diffusion_steps = int(round(min(60.0, max(20.0, 20.0 * math.sqrt(n_samples / 2000)))))
         else:
@@ -516,7 +516,7 @@ class SelfLabelClusterer(
         is_image = X_t.ndim == 4
         if space == "auto":
             # Gradient histograms need a few cells per image: on 8x8 digits they gave no
-            # gain over pixels (seed 0 NMI 0.914 against 0.956).
+            # gain over pixels (seed 0 NMI 0.914 against 0.931 in the demo).
             space = "gradients" if is_image and min(X_t.shape[2:]) >= 16 else "input"
         if space == "input":
             return X_t
