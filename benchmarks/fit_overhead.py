@@ -26,6 +26,7 @@ Two measurements:
         [--label-updates 4] [--repeats 3] [--no-write]
 """
 import argparse
+import os
 import math
 import statistics
 import sys
@@ -170,6 +171,7 @@ def main():
                         "other jobs on a shared machine, and CPU time then measures work)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    load = os.getloadavg()[0]
 
     torch.set_num_threads(args.threads)
     X, data_name = load_images(args.n_samples)
@@ -216,7 +218,8 @@ def main():
         f"Command: {command}",
         "",
         f"Machine: {machine_description()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads (shared with other jobs).",
+        f"{torch.get_num_threads()} threads; 1-minute load average {load:.1f} at the start "
+        "(the interleaving keeps the ratios fair under load).",
         "",
         f"Data: {data_name}. SmallCNN + one linear head, 10 clusters, batch {BATCH_SIZE}, "
         f"Adam with cosine schedule, the estimator's image augmentation, neighbour views "
