@@ -66,8 +66,9 @@ class SmallCNN(nn.Module):
     (128 * 9 + 64 * 4 = 1408 values). It keeps the coarse layout that global pooling
     throws away, and, as in the SeLa paper's evaluation, conv features make better
     linear-probe inputs than the last layer: on Fashion-MNIST (probe fitted on 60,000
-    images, scored on 10,000) a logistic regression scored 0.900 on them against 0.80 to
-    0.84 on the 128-d ``forward`` output.
+    images, scored on 10,000) a logistic regression scored 0.910 on them after a default
+    fit (``benchmarks/fashion_mnist.py``), against 0.843 on the 128-d ``forward`` output of
+    the previous default fit.
 
     Parameters
     ----------
