@@ -17,61 +17,39 @@ the N x K matrix twice per iteration. This module
   updated and its contribution to the column sums accumulated in the same visit, so the matrix
   is read once per iteration, and the error of the current plan comes for free from those
   column sums.
+
+This module checks the input and sets the problem up; the iterations live in
+:mod:`skselflabel._scaling`.
 """
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 import math
 import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
-try:    # the optional compiled sweep (setup.py); the pure-torch sweep gives the same results
-    from . import _fused
-except ImportError:
-    _fused = None
+from ._scaling import Problem, Rows, anneal, block_rows, finish, make_kernel, scaling_loop
+from ._threads import own_threads
 
 __all__ = ["SinkhornResult", "sinkhorn_knopp"]
 
-# Scalings are re-absorbed into the kernel once a log-scaling leaves [-_ABSORB, _ABSORB]:
-# far inside float32's exp range (about +-87), so products of kernel entries, scalings and
-# up to millions of summands stay finite.
-_ABSORB = 30.0
-# Between absorption checks a log-scaling is kept within [-_CLAMP, _CLAMP] (same reason).
-_CLAMP = 60.0
-# Kernel entries below exp(-87) (float32's smallest normal number is about exp(-87.3)) are
-# stored as exact zeros: they carry no mass next to their row's maximum of 1.
-_EXP_MIN = -87.0
-_ZERO_BELOW = 2.0 * math.exp(_EXP_MIN)
-# In place, entries dropped when the kernel was built stay negligible (below exp(-40) of their
-# row's largest) while the potentials drift by less than 87 - 40.
-_SAFE_DRIFT = 47.0
 # Number of kernel entries the subsample warm-up works on (two buffers of this size).
 _WARMUP_ELEMENTS = 4_000_000
 _WARMUP_ROWS_PER_CLUSTER = 8
-# CPU: row ranges per worker thread (see _Rows).
-_RANGES_PER_WORKER = 4
-# Bytes of one row block of the fused sweep: it should sit in a core's L2 cache.
-_BLOCK_BYTES = 1 << 20
-# At each epsilon-scaling stage below the target lam, iterate until this marginal error.
-_STAGE_TOL = 1e-2
-_STAGE_MAX_ITER = 200
 # When the full matrix follows, the warm-up only needs potentials that are roughly right.
 _WARM_TOL = 1e-2
 _WARM_MAX_ITER = 300
 # On the full matrix, an error that has not halved in this many iterations means a stall
-# (see _scaling_loop); then lam is annealed on the full matrix.
+# (see _scaling.scaling_loop); then lam is annealed on the full matrix.
 _STALL_WINDOW = 50
-# Over-relaxation of the column update (1 = plain Sinkhorn). Values in (1, 2) converge to
-# the same fixed point in fewer iterations.
-_OMEGA = 1.8
 
 
 @dataclass
 class SinkhornResult:
     """Outcome of :func:`sinkhorn_knopp`.
+
+    :func:`sinkhorn_knopp` gives numpy arrays; :meth:`SinkhornAssigner.assign_tensor`
+    gives torch tensors on the device of the scores.
 
     Attributes
     ----------
@@ -201,8 +179,9 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     many clusters nobody prefers (30,000 x 1,000 at :math:`\lambda = 100`) it still stalls
     at an error of one row's mass (0.033). Any noise in the scores removes the plateaus.
 
-    On CPU the rows are split over ``torch.get_num_threads()`` Python threads, and torch's
-    intra-op thread count is set to 1 for the duration of the call (then restored).
+    On CPU the rows are split over ``torch.get_num_threads()`` Python threads, each of which
+    (and the calling thread, for the length of the call) runs torch operations on one
+    thread; the torch thread settings of other threads are never changed.
 
     With ``copy=False`` the kernel is built once in place; kernel entries below
     ``exp(-87)`` of their row's largest are stored as zeros. If the column potentials later
@@ -236,16 +215,45 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     >>> np.bincount(res.labels, minlength=3)
     array([302, 143, 155])
     """
+    res = solve(scores, lam=lam, prior=prior, tol=tol, max_iter=max_iter, copy=copy,
+                init_log_v=init_log_v, reduce_fn=reduce_fn, n_total=n_total)
+    res.labels, res.log_u, res.log_v = (t.cpu().numpy() for t in (res.labels, res.log_u,
+                                                                   res.log_v))
+    return res
+
+
+def solve(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
+          init_log_v=None, reduce_fn=None, n_total=None):
+    """:func:`sinkhorn_knopp` with its arrays as tensors on the device of ``scores``.
+
+    The tensor-level entry point for callers that stay on the device (the self-label step,
+    :meth:`SinkhornAssigner.assign_tensor`): labels are never copied to the host.
+    Returns a :class:`SinkhornResult` whose ``labels``, ``log_u`` and ``log_v`` are tensors.
+    """
     lam = _check_lam(lam)
     if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}.")
     src, writeable = _as_tensor(scores)
-    with torch.no_grad(), _single_threaded_ops(src.device) as n_threads:
-        return _solve(src, lam=lam, prior=prior, tol=float(tol), max_iter=int(max_iter),
-                      copy=copy or not writeable, init_log_v=init_log_v, reduce_fn=reduce_fn,
-                      n_total=n_total, n_threads=n_threads)
+    n_total = _check_shape(src, n_total)
+    N, K = src.shape
+    device = src.device
+    log_p = _log_prior(prior, K, device)
+    dtype = src.dtype if src.dtype in (torch.float32, torch.float64) else torch.float32
+    # Our row-block workers, and this thread, run torch ops one thread each (see Rows).
+    with torch.no_grad(), own_threads(1 if device.type == "cpu" else None) as n_threads:
+        rows = Rows(N, block_rows(K, torch.finfo(dtype).bits // 8, device), device, n_threads)
+        problem = Problem(lam=lam, log_p=log_p, r=1.0 / n_total, tol=float(tol), rows=rows,
+                          reduce_fn=reduce_fn)
+        try:
+            sol = _solve_blocks(problem, src, int(max_iter), copy or not writeable,
+                                init_log_v, dtype)
+        finally:
+            rows.close()
+    return SinkhornResult(labels=sol.labels, log_u=sol.log_u, log_v=sol.log_v,
+                          n_iter=sol.n_iter, marginal_error=sol.marginal_error,
+                          converged=sol.converged)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -279,10 +287,10 @@ def _as_tensor(scores):
         return torch.from_numpy(arr), False
 
 
-def _check_prior(prior, K, device):
-    if prior is None:
-        return torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
-    p = torch.as_tensor(np.asarray(prior, dtype=np.float64) if not isinstance(prior, torch.Tensor)
+def check_prior(prior, K):
+    """``prior`` as a normalised float64 CPU tensor of length ``K``, or a ValueError."""
+    p = torch.as_tensor(np.asarray(prior, dtype=np.float64)
+                        if not isinstance(prior, torch.Tensor)
                         else prior.detach().to("cpu", torch.float64))
     if p.ndim != 1 or p.shape[0] != K:
         raise ValueError(f"prior must be a vector of length n_clusters={K}, got shape "
@@ -290,102 +298,44 @@ def _check_prior(prior, K, device):
     if not torch.isfinite(p).all():
         raise ValueError("prior must be finite.")
     if (p < 0).any():
-        raise ValueError(f"prior must be non-negative; it has {int((p < 0).sum())} negative "
-                         "entries.")
+        raise ValueError(f"prior must be non-negative; it has {int((p < 0).sum())} "
+                         "negative entries.")
     if p.sum() <= 0:
         raise ValueError("prior must have a positive sum; it is all zeros.")
-    return (p / p.sum()).to(device)
+    return p / p.sum()
 
 
-def _block_rows(K, itemsize, device):
-    # GPUs want few, large launches; CPUs want blocks that stay in a core's L2 cache.
-    budget = _BLOCK_BYTES if device.type == "cpu" else 256 * _BLOCK_BYTES
-    return max(8, budget // max(1, K * itemsize))
+def _log_prior(prior, K, device):
+    """Log of the normalised prior (float64 on ``device``; -inf where it is 0)."""
+    if prior is None:
+        p = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
+    else:
+        p = check_prior(prior, K).to(device)
+    return torch.where(p > 0, p.log(), torch.full_like(p, -math.inf))
 
 
-def _use_fused(W):
-    """Whether the compiled single-read sweep (``_fused.c``) can run on the kernel ``W``."""
-    return (_fused is not None and W.device.type == "cpu" and W.dtype == torch.float32
-            and W.is_contiguous())
-
-
-# ---------------------------------------------------------------------------- row blocks
-class _Rows:
-    """Visits the rows of an N-row matrix in cache-sized blocks.
-
-    On CPU, each of ``torch.get_num_threads()`` Python threads takes one contiguous range of
-    rows, and torch's own intra-op threads are set to 1 for the duration of the solve: the
-    per-block ops are small, and an OpenMP barrier per op costs more than the op when the
-    cores are shared. On other devices the blocks are visited in order (each op is one kernel
-    launch, asynchronous).
-    """
-
-    def __init__(self, N, block, device, n_workers):
-        self.N, self.block = N, block
-        n_blocks = -(-N // block)
-        self.n_workers = max(1, min(n_workers, n_blocks)) if device.type == "cpu" else 1
-        # A few ranges per worker, handed out as workers free up, so that a core slowed by
-        # other processes does not hold up the whole sweep.
-        n_ranges = min(n_blocks, self.n_workers * _RANGES_PER_WORKER)
-        per = -(-n_blocks // n_ranges) * block
-        self.ranges = [(lo, min(N, lo + per)) for lo in range(0, N, per)]
-        self._pool = (ThreadPoolExecutor(self.n_workers) if self.n_workers > 1 else None)
-
-    def map(self, fn):
-        """``[fn(lo, hi, block) for each range]``, the ranges spread over the workers."""
-        if self._pool is None:
-            return [fn(lo, hi, self.block) for lo, hi in self.ranges]
-        return list(self._pool.map(lambda r: fn(r[0], r[1], self.block), self.ranges))
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-
-
-@contextmanager
-def _single_threaded_ops(device):
-    """Set torch's intra-op threads to 1 on CPU (see _Rows); yields the previous count."""
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1:
-        yield n
-        return
-    torch.set_num_threads(1)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(n)
-
-
-# ---------------------------------------------------------------------------- solver
-def _solve(src, *, lam, prior, tol, max_iter, copy, init_log_v, reduce_fn, n_total, n_threads):
+def _check_shape(src, n_total):
+    """``n_total`` (rows over all processes) after checking the shape of the scores."""
     if src.ndim != 2:
         raise ValueError(f"scores must be 2-D (n_samples, n_clusters), got ndim={src.ndim}.")
     N, K = src.shape
     if N == 0 or K == 0:
         raise ValueError(f"scores has an empty axis: shape {tuple(src.shape)}; it needs at "
                          "least one sample and one cluster.")
-    device = src.device
     n_total = N if n_total is None else int(n_total)
     if n_total < N:
         raise ValueError(f"n_total={n_total} is smaller than the number of rows {N}.")
-    p = _check_prior(prior, K, device)
-    dtype = src.dtype if src.dtype in (torch.float32, torch.float64) else torch.float32
-    block = _block_rows(K, torch.finfo(dtype).bits // 8, device)
-    rows = _Rows(N, block, device, n_threads)
-    try:
-        return _solve_blocks(src, rows, lam, p, tol, max_iter, copy, init_log_v, reduce_fn,
-                             n_total, dtype)
-    finally:
-        rows.close()
+    return n_total
 
 
-def _solve_blocks(src, rows, lam, p, tol, max_iter, copy, init_log_v, reduce_fn, n_total,
-                  dtype):
-    N, K = src.shape
-    device = src.device
+# ---------------------------------------------------------------------------- solver
+def _row_maxima(src, rows, dtype):
+    """Row maxima (float64) in a read-only pass, or a ValueError naming NaN/inf entries.
 
-    # Pass 1 (read only, so bad input leaves the caller's array untouched): row maxima, and
-    # a NaN/inf flag from the row extremes (both propagate NaN); counted only on error.
+    Read only, so bad input leaves the caller's array untouched. The NaN/inf flag comes
+    from the row extremes (both propagate NaN); the bad entries are counted only on error.
+    """
+    N, device = src.shape[0], src.device
     row_max = torch.empty(N, dtype=torch.float64, device=device)
 
     def extremes(lo, hi, block):
@@ -402,301 +352,86 @@ def _solve_blocks(src, rows, lam, p, tol, max_iter, copy, init_log_v, reduce_fn,
                     for lo in range(0, N, rows.block))
         raise ValueError(f"scores contains {n_bad} NaN or inf values; remove or replace them "
                          "(e.g. with numpy.nan_to_num) before solving.")
+    return row_max
 
-    allowed = p > 0
-    log_p = torch.where(allowed, p.log(), torch.full_like(p, -math.inf))
-    r_full = 1.0 / n_total
 
-    # Column potentials g (float64): from the caller, or from a row subsample with
-    # epsilon-scaling, where the kernel can be rebuilt exactly whenever it is needed.
-    # At least _WARMUP_ROWS_PER_CLUSTER rows per cluster, so every potential is estimated.
+def _given_potentials(init_log_v, log_p):
+    """Column potentials from the caller's ``init_log_v`` (clusters with zero prior: -inf)."""
+    K, allowed = log_p.shape[0], torch.isfinite(log_p)
+    g = torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(log_p.device)
+    if g.shape != (K,):
+        raise ValueError(f"init_log_v must have length n_clusters={K}, got shape "
+                         f"{tuple(g.shape)}.")
+    return torch.where(allowed, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0),
+                       torch.full_like(g, -math.inf))
+
+
+def _subsample_is_whole(problem, N, n_sub):
+    whole = n_sub == N
+    if problem.reduce_fn is not None:
+        # Every process must take the same path (the reductions must pair up), so the
+        # subsample is the whole matrix only if it is so in every process.
+        flag = torch.tensor([0.0 if whole else 1.0], dtype=torch.float64,
+                            device=problem.log_p.device)
+        problem.reduce_fn(flag)
+        whole = bool(flag[0] == 0)
+    return whole
+
+
+def _warm_up(problem, src, row_max, dtype, max_iter):
+    """Column potentials from a row subsample with epsilon-scaling.
+
+    At least ``_WARMUP_ROWS_PER_CLUSTER`` rows per cluster, so every potential is
+    estimated; there the kernel can be rebuilt exactly whenever it is needed. Returns
+    ``(g, None)``, or ``(None, (res, n_iter))`` when the subsample was the whole matrix
+    and its solution is the answer.
+    """
+    N, K = src.shape
     n_sub = max(1, min(N, max(_WARMUP_ELEMENTS // K, _WARMUP_ROWS_PER_CLUSTER * K)))
+    whole = _subsample_is_whole(problem, N, n_sub)
+    idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
+    sub = src if whole else src.index_select(0, idx)
+    sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
+    rows = problem.rows if whole else Rows(n_sub, problem.rows.block, src.device,
+                                           problem.rows.n_workers)
+    # Each subsample row stands for N / n_sub rows of this process.
+    at = problem if whole else problem.stage(rows=rows, r=(N / n_sub) * problem.r,
+                                             tol=max(problem.tol, _WARM_TOL))
+    try:
+        g, res, n_iter = anneal(at, sub, torch.empty_like(sub),
+                                max_iter if whole else min(max_iter, _WARM_MAX_ITER))
+    finally:
+        if not whole:
+            rows.close()
+    return (None, (res, n_iter)) if whole else (g, None)
+
+
+def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
+    N, K = src.shape
+    row_max = _row_maxima(src, problem.rows, dtype)
+    # Column potentials g (float64): from the caller, or from a row subsample.
     if init_log_v is not None:
-        g = torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(device)
-        if g.shape != (K,):
-            raise ValueError(f"init_log_v must have length n_clusters={K}, got shape "
-                             f"{tuple(g.shape)}.")
-        g = torch.where(allowed, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0),
-                        torch.full_like(g, -math.inf))
+        g = _given_potentials(init_log_v, problem.log_p)
     else:
-        whole = n_sub == N
-        if reduce_fn is not None:
-            # Every process must take the same path (the reductions must pair up), so the
-            # subsample is the whole matrix only if it is so in every process.
-            flag = torch.tensor([0.0 if whole else 1.0], dtype=torch.float64, device=device)
-            reduce_fn(flag)
-            whole = bool(flag[0] == 0)
-        idx = None if whole else torch.linspace(0, N - 1, n_sub, device=device).round().long()
-        sub = src if whole else src.index_select(0, idx)
-        sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
-        sub_rows = rows if whole else _Rows(n_sub, rows.block, device, rows.n_workers)
-        try:
-            # Each subsample row stands for N / n_sub rows of this process.
-            g, sub_res, sub_iter = _anneal(sub, torch.empty_like(sub), sub_rows, lam, log_p,
-                                    (N / n_sub) * r_full,
-                                    tol if whole else max(tol, _WARM_TOL),
-                                    max_iter if whole else min(max_iter, _WARM_MAX_ITER),
-                                    reduce_fn)
-        finally:
-            if not whole:
-                sub_rows.close()
-        if whole:
-            # The subsample was the whole matrix: its solution is the answer.
-            sub_res.n_iter = sub_iter
-            return _finish(sub_res, rows, row_max, lam, max_iter, tol)
-        del sub, sub_res
+        g, whole = _warm_up(problem, src, row_max, dtype, max_iter)
+        if whole is not None:
+            res, n_iter = whole
+            res.n_iter = n_iter
+            return finish(problem, res, row_max, max_iter)
 
     # The full matrix becomes its stabilised kernel: in place when allowed.
     in_place = not copy and src.dtype == dtype and src.is_contiguous()
-    W = src if in_place else torch.empty((N, K), dtype=dtype, device=device)
-    a = _make_kernel(src, W, rows, lam, g, row_max=row_max)
+    W = src if in_place else torch.empty((N, K), dtype=dtype, device=src.device)
+    a = make_kernel(problem, src, W, g, row_max=row_max)
     # With a separate kernel buffer the scores are still there for exact rebuilds.
-    res = _scaling_loop(W, rows, a, g, lam, log_p, r_full, tol, max_iter, reduce_fn,
-                        source=None if in_place else src,
-                        source_row_max=None if in_place else row_max,
-                        stall_window=None if in_place else _STALL_WINDOW)
+    res = scaling_loop(problem, W, a, g, max_iter,
+                       source=None if in_place else src,
+                       source_row_max=None if in_place else row_max,
+                       stall_window=None if in_place else _STALL_WINDOW)
     if res.stalled:
         # The subsample's potentials left some cluster in a dead zone (its rows are not the
-        # subsample's; see _scaling_loop): anneal lam on the full matrix instead.
+        # subsample's; see scaling_loop): anneal lam on the full matrix instead.
         done = res.n_iter
-        _, res, more = _anneal(src, W, rows, lam, log_p, r_full, tol, max_iter - done,
-                               reduce_fn, row_max=row_max)
+        _, res, more = anneal(problem, src, W, max_iter - done, row_max=row_max)
         res.n_iter = done + more
-    return _finish(res, rows, row_max, lam, max_iter, tol)
-
-
-def _make_kernel(D, W, rows, lam, g, row_max=None):
-    """W = exp(lam * (D - row_max) + g - a) with a_i the row maximum of the exponent.
-
-    ``D`` may be the scores themselves (``row_max`` given) and ``W`` may be ``D``: every
-    block is read before it is written. Returns ``a`` (float64) with ``row_max`` folded out.
-    """
-    a = torch.empty(D.shape[0], dtype=torch.float64, device=D.device)
-    gw = g.to(W.dtype)
-
-    def build(lo, hi, block):
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            w, d = W[s:e], D[s:e]
-            if row_max is not None:
-                d = d.to(W.dtype) - row_max[s:e, None].to(W.dtype)
-            torch.add(gw, d, alpha=lam, out=w)
-            m = w.amax(1, keepdim=True)
-            w -= m
-            # exp of arguments below float32's normal range is ~15x slower and gives
-            # denormals: clamp, then flush the floor to an exact zero.
-            w.clamp_min_(_EXP_MIN).exp_()
-            torch.nn.functional.threshold_(w, _ZERO_BELOW, 0.0)
-            a[s:e] = m.squeeze(1)
-
-    rows.map(build)
-    return a
-
-
-def _absorb_in_place(W, rows, a, log_v):
-    """Multiply the column scalings into W and renormalise its rows to max 1 (in place).
-
-    Entries that underflow are lost; they are below exp(-87) of their row's largest entry
-    under potentials that are nearly right, so they carry no mass worth keeping.
-    """
-    v = log_v.exp().to(W.dtype)
-    a = a.clone()
-
-    def absorb(lo, hi, block):
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            w = W[s:e]
-            w *= v
-            m = w.amax(1, keepdim=True)
-            w /= m
-            a[s:e] += m.squeeze(1).to(torch.float64).log()
-
-    rows.map(absorb)
-    return a
-
-
-@dataclass
-class _LoopResult:
-    W: torch.Tensor
-    u: torch.Tensor           # row scalings of the returned plan (float64)
-    a: torch.Tensor           # row shifts of the kernel
-    g: torch.Tensor           # column potentials absorbed in the kernel
-    log_v: torch.Tensor       # column log-scalings of the returned plan, relative to g
-    n_iter: int
-    error: float
-    drift: float = 0.0        # bound on relative potential changes since W was built
-    stalled: bool = False     # stopped early: the error stopped falling (see _scaling_loop)
-
-
-def _scaling_loop(W, rows, a, g, lam, log_p, r, tol, max_iter, reduce_fn, source,
-                  source_row_max=None, stall_window=None):
-    """Fused Sinkhorn sweeps over the stabilised kernel W (modified in place on absorption).
-
-    One sweep visits each row block once: ``u_b = r / (W_b v)`` (so every row sum of the
-    plan ``(u, v)`` is exact), then ``acc += W_b^T u_b``; after the sweep the column sums of
-    that plan are ``v * acc``, which gives its marginal error without another pass, and the
-    column update is ``v <- p / acc`` (over-relaxed in the log domain). ``source`` (the
-    scores, shifted by ``source_row_max``) lets the kernel be rebuilt exactly on
-    absorption; without it the scalings are multiplied into W, entries that underflow are
-    dropped, and the drift of the potentials since the kernel was built is tracked: while
-    it stays below ``_SAFE_DRIFT`` the dropped entries are still below exp(-40) of their
-    row's largest.
-
-    With ``stall_window``, the loop also stops (``stalled=True``) when the error has not
-    halved over that many iterations. That happens when the potentials it started from put
-    some column in a "dead zone": the rows that should move to it have kernel entries of
-    about ``exp(-lam * gap)`` there, so its sum barely responds to its scaling, and plain
-    iterations creep towards the solution by ``log(1 + error)`` per iteration (thousands of
-    iterations for tied one-hot scores). The caller then anneals ``lam`` instead.
-    """
-    built = [g.clone()]               # potentials at which W was built or last absorbed
-    N, K = W.shape
-    device = W.device
-    log_v = torch.zeros(K, dtype=torch.float64, device=device)
-    log_v[~torch.isfinite(g)] = -math.inf
-    u = torch.empty(N, dtype=W.dtype, device=device)
-    target = log_p.exp()
-    allowed = target > 0
-    safe_target = torch.where(allowed, target, torch.ones_like(target))
-    check_every = 1 if device.type == "cpu" else 10
-    fused = _use_fused(W)
-    err = best = math.inf
-    omega = _OMEGA
-    it = 0
-    window_err = math.inf             # error at the start of the current stall window
-    stalled = False
-    while True:
-        v = log_v.exp().to(W.dtype)
-
-        if fused:
-            def sweep(lo, hi, block):
-                acc = torch.zeros(K, dtype=torch.float64)
-                _fused.sweep(W.data_ptr(), K, lo, hi, v.data_ptr(), r, u.data_ptr(),
-                             acc.data_ptr())
-                return acc
-        else:
-            def sweep(lo, hi, block):
-                acc = torch.zeros(K, dtype=torch.float64, device=device)
-                for s in range(lo, hi, block):
-                    e = min(hi, s + block)
-                    w, ub = W[s:e], u[s:e]
-                    torch.mv(w, v, out=ub)
-                    torch.div(r, ub, out=ub)
-                    acc += torch.mv(w.T, ub)
-                return acc
-
-        acc = torch.stack(rows.map(sweep)).sum(0)
-        if reduce_fn is not None:
-            reduce_fn(acc)
-        it += 1
-        if it % check_every == 0 or it >= max_iter:
-            col = acc * log_v.exp()
-            rel = torch.where(allowed, (col - target).abs() / safe_target, torch.zeros_like(col))
-            err = float(rel.max())
-            if not math.isfinite(err):
-                err = math.inf
-            if err <= tol or it >= max_iter:
-                break
-            if err > 2.0 * best:      # over-relaxation is not always monotone: fall back
-                omega = 1.0
-            best = min(best, err)
-            if stall_window is not None and it % stall_window == 0:
-                if err > 0.5 * window_err:
-                    stalled = True
-                    break
-                window_err = err
-        new = log_p - acc.clamp_min(1e-300).log()
-        # Clamped so that exp(log_v) stays far inside float32 between absorption checks.
-        log_v = torch.where(allowed, ((1 - omega) * log_v + omega * new).clamp(-_CLAMP, _CLAMP),
-                            log_v)
-        if it % check_every == 0 and float(log_v[allowed].abs().max()) > _ABSORB:
-            if source is not None:
-                g = g + log_v
-                a = _make_kernel(source, W, rows, lam, g, row_max=source_row_max)
-            else:
-                a = _absorb_in_place(W, rows, a, log_v)
-                g = g + log_v
-                built.append(g.clone())
-            log_v = torch.where(allowed, torch.zeros_like(log_v), log_v)
-    drift = 0.0
-    if source is None:
-        # An entry dropped at potentials g_t changed, relative to its row's largest entry,
-        # by at most the spread of g_end - g_t over the clusters.
-        g_end = g + log_v
-        for g_t in built:
-            delta = (g_end - g_t)[allowed]
-            drift = max(drift, float(delta.max() - delta.min()))
-    return _LoopResult(W, u.to(torch.float64), a, g, log_v, it, err, drift, stalled)
-
-
-def _anneal(source, W, rows, lam, log_p, r, tol, max_iter, reduce_fn, row_max=None):
-    """Column potentials at the target lam by epsilon-scaling on the rows of ``source``.
-
-    ``lam`` starts where ``lam * (typical row range)`` is mild, so that the kernel has no
-    negligible entries and the potentials settle fast, and doubles up to the target; the
-    potentials (which scale with lam) are carried from stage to stage, so each stage starts
-    close to its solution. ``W`` is the kernel buffer (rebuilt at each stage from
-    ``source``, shifted by ``row_max`` when given). Returns ``(g, res, n_iter)``: ``res`` is
-    the last stage's loop result and ``n_iter`` the iterations of all stages.
-    """
-    device = source.device
-    ranges = torch.empty(source.shape[0], dtype=torch.float64, device=device)
-
-    def row_ranges(lo, hi, block):
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            top = 0.0 if row_max is None else row_max[s:e]
-            ranges[s:e] = top - source[s:e].amin(1).to(torch.float64)
-
-    rows.map(row_ranges)
-    spread = torch.stack([ranges.median(), torch.ones((), dtype=torch.float64, device=device)])
-    if reduce_fn is not None:        # every process must run the same stages
-        reduce_fn(spread)
-    spread = float(spread[0] / spread[1])
-    n_stages = max(0, math.ceil(math.log2(max(1.0, lam * spread / 8.0))))
-    g = torch.where(torch.isfinite(log_p), torch.zeros_like(log_p), log_p)
-    res, n_iter = None, 0
-    for stage in range(n_stages, -1, -1):
-        lam_s = lam / 2 ** stage
-        last = stage == 0
-        # All stages share max_iter; the target stage always gets at least one iteration.
-        budget = (max(1, max_iter - n_iter) if last
-                  else min(_STAGE_MAX_ITER, max_iter - n_iter - 1))
-        if budget > 0:
-            a = _make_kernel(source, W, rows, lam_s, g, row_max=row_max)
-            res = _scaling_loop(W, rows, a, g, lam_s, log_p, r,
-                                tol if last else max(tol, _STAGE_TOL), budget, reduce_fn,
-                                source=source, source_row_max=row_max)
-            n_iter += res.n_iter
-            g = res.g + res.log_v
-        if not last:
-            g = g * 2.0                       # potentials scale with lam
-    return g, res, n_iter
-
-
-def _finish(res, rows, row_max, lam, max_iter, tol):
-    W = res.W
-    v = res.log_v.exp().to(W.dtype)
-    labels = torch.empty(W.shape[0], dtype=torch.int64, device=W.device)
-
-    def argmax(lo, hi, block):
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            labels[s:e] = (W[s:e] * v).argmax(1)
-
-    rows.map(argmax)
-    log_u = res.u.log() - res.a - lam * row_max
-    converged = res.error <= tol
-    if res.drift > _SAFE_DRIFT:
-        warnings.warn(f"sinkhorn_knopp(copy=False): the column potentials moved by up to "
-                      f"{res.drift:.0f} since the in-place kernel was built, so kernel entries "
-                      "that underflowed then may carry mass now and log_u may not reproduce "
-                      "the row sums exactly; use copy=True for an exact rebuild.",
-                      RuntimeWarning, stacklevel=3)
-    if not converged:
-        warnings.warn(f"sinkhorn_knopp did not converge in {max_iter} iterations (marginal "
-                      f"error {res.error:.3g} > tol {tol}); increase max_iter or tol, or "
-                      "lower lam.", ConvergenceWarning, stacklevel=3)
-    return SinkhornResult(labels=labels.cpu().numpy(), log_u=log_u.cpu().numpy(),
-                          log_v=(res.g + res.log_v).cpu().numpy(), n_iter=res.n_iter,
-                          marginal_error=float(res.error), converged=converged)
+    return finish(problem, res, row_max, max_iter)

@@ -11,31 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skselflabel import sinkhorn_knopp
 from skselflabel import _sinkhorn
-
-
-def plan(scores, res, lam):
-    """Q rebuilt in float64 from the returned log-scalings and the scores as given."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.exp(lam * s + res.log_u[:, None] + res.log_v[None, :])
-
-
-def marginal_error(Q, prior=None):
-    N, K = Q.shape
-    p = np.full(K, 1.0 / K) if prior is None else np.asarray(prior, float) / np.sum(prior)
-    rows = np.abs(Q.sum(1) * N - 1).max()
-    pos = p > 0
-    cols = np.abs(Q.sum(0)[pos] / p[pos] - 1).max()
-    assert np.all(Q.sum(0)[~pos] == 0)
-    return max(rows, cols)
-
-
-def head_logits(N, K, seed=0, scale=3.0, dtype=np.float32):
-    """Logits like a trained head's: each row leans to one of unequally popular clusters."""
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((N, K)) * scale / 3
-    home = rng.choice(K, size=N, p=rng.dirichlet(np.ones(K) * 2))
-    z[np.arange(N), home] += scale
-    return z.astype(dtype)
+from solver_cases import head_logits, marginal_error, peaked, plan
 
 
 def test_balances_skewed_logits():
@@ -71,26 +47,19 @@ def test_zero_prior_cluster_gets_nothing():
 
 
 # ------------------------------------------------------------------ float32 safety
-def _peaked(N, K, gap, seed, n_home=3):
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((N, K)).astype(np.float32)
-    z[np.arange(N), rng.integers(0, n_home, N)] += gap     # most clusters: nobody's first
-    return z
-
-
 @pytest.mark.parametrize("lam", [25.0, 100.0])
 @pytest.mark.parametrize("case", ["peaked", "all_equal", "unwanted_cluster", "k1", "n1",
                                   "offset"])
 def test_float32_safe_edge_cases(case, lam):
     rng = np.random.default_rng(1)
     z = {
-        "peaked": lambda: _peaked(1500, 20, 50.0, 0),
+        "peaked": lambda: peaked(1500, 20, 50.0, 0),
         "all_equal": lambda: np.full((300, 7), 3.0, np.float32),
         "unwanted_cluster": lambda: np.concatenate(
             [rng.standard_normal((800, 5)), np.full((800, 1), -50.0)], 1).astype(np.float32),
         "k1": lambda: rng.standard_normal((50, 1)).astype(np.float32),
         "n1": lambda: rng.standard_normal((1, 6)).astype(np.float32) * 50,
-        "offset": lambda: (_peaked(400, 8, 5.0, 2) + np.float32(1e4)),
+        "offset": lambda: (peaked(400, 8, 5.0, 2) + np.float32(1e4)),
     }[case]()
     res = sinkhorn_knopp(z, lam=lam, tol=1e-2, max_iter=5000)
     assert res.converged and res.n_iter <= 5000
@@ -112,8 +81,8 @@ def test_exactly_tied_one_hot_scores_converge(lam, monkeypatch, small_warmup):
     z = np.zeros((N, K), np.float32)
     z[np.arange(N), home] = 50.0
     calls = []
-    anneal = _sinkhorn._anneal
-    monkeypatch.setattr(_sinkhorn, "_anneal", lambda *a, **k: calls.append(1) or anneal(*a, **k))
+    anneal = _sinkhorn.anneal
+    monkeypatch.setattr(_sinkhorn, "anneal", lambda *a, **k: calls.append(1) or anneal(*a, **k))
     res = sinkhorn_knopp(z, lam=lam, tol=1e-2, max_iter=5000)
     assert len(calls) == 2                       # the subsample, then the full matrix
     assert res.converged and res.n_iter <= 5000
@@ -190,12 +159,6 @@ def test_prior_respected(z, prior):
 
 
 # ------------------------------------------------------------------ agreement, warm start
-@pytest.fixture
-def small_warmup(monkeypatch):
-    """Shrink the warm-up subsample so that moderate sizes take the full-matrix path."""
-    monkeypatch.setattr(_sinkhorn, "_WARMUP_ELEMENTS", 100_000)
-
-
 def _tight_float64_labels(z, lam):
     """Independent plain float64 Sinkhorn (two matrix-vector products), run to 1e-9."""
     s = lam * z.astype(np.float64)
@@ -225,36 +188,6 @@ def test_warm_start_from_previous_log_v(small_warmup):
     warm = sinkhorn_knopp(z, lam=25.0, tol=1e-4, init_log_v=cold.log_v)
     assert warm.converged and warm.n_iter < cold.n_iter
     assert np.mean(warm.labels == cold.labels) > 0.999
-
-
-# ------------------------------------------------------------------ compiled sweep
-def test_compiled_sweep_is_built():
-    # setup.py builds it wherever a C compiler exists (it does in every dev install); without
-    # it the solver silently falls back to the slower pure-torch sweep.
-    assert _sinkhorn._fused is not None, (
-        "skselflabel._fused is missing: reinstall with a C compiler (pip install -e .)")
-
-
-@pytest.mark.parametrize("case", ["skewed", "peaked", "prior", "float64"])
-def test_compiled_and_torch_sweeps_agree(case, monkeypatch, small_warmup):
-    rng = np.random.default_rng(11)
-    z, prior, lam = head_logits(4_000, 150, seed=12), None, 25.0
-    if case == "peaked":
-        z, lam = _peaked(4_000, 150, 50.0, 13), 100.0
-    elif case == "prior":
-        prior = rng.dirichlet(np.ones(150))
-    elif case == "float64":          # float64 kernels always take the torch sweep
-        z = z.astype(np.float64)
-    fused = sinkhorn_knopp(z, lam=lam, prior=prior, tol=1e-4, max_iter=5000)
-    monkeypatch.setattr(_sinkhorn, "_fused", None)
-    plain = sinkhorn_knopp(z, lam=lam, prior=prior, tol=1e-4, max_iter=5000)
-    assert fused.converged and plain.converged
-    assert np.mean(fused.labels == plain.labels) > 0.999
-    np.testing.assert_allclose(fused.log_v, plain.log_v, atol=1e-3)
-    # Rebuilt in float64 from the scores: float32 rounding of lam * z (up to 5e3 here) adds
-    # a few 1e-4 to the 1e-4 the solver reached on its float32 kernel.
-    assert marginal_error(plan(z, fused, lam), prior) <= 1e-3
-    assert abs(fused.n_iter - plain.n_iter) <= max(2, plain.n_iter // 10)
 
 
 # ------------------------------------------------------------------ memory, devices
@@ -372,27 +305,6 @@ def test_bad_input_left_untouched_with_copy_false():
     with pytest.raises(ValueError, match="1 NaN"):
         sinkhorn_knopp(z, copy=False)
     np.testing.assert_array_equal(z, before)
-
-
-def test_frequent_absorption_keeps_the_solution(monkeypatch, small_warmup):
-    # Absorb after nearly every iteration: copy=True rebuilds the kernel exactly from the
-    # scores; copy=False multiplies the scalings into the kernel in place.
-    z = head_logits(4_000, 200, seed=9, scale=4.0)
-    ref = sinkhorn_knopp(z, lam=25.0, tol=1e-3)
-    calls = []
-    absorb = _sinkhorn._absorb_in_place
-    monkeypatch.setattr(_sinkhorn, "_absorb_in_place", lambda *a: calls.append(1) or absorb(*a))
-    monkeypatch.setattr(_sinkhorn, "_ABSORB", 0.05)
-    exact = sinkhorn_knopp(z, lam=25.0, tol=1e-3)
-    assert calls == [] and exact.converged
-    assert marginal_error(plan(z, exact, 25.0)) <= 1.1e-3
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)    # the drift bound is conservative
-        inplace = sinkhorn_knopp(z.copy(), lam=25.0, tol=1e-3, copy=False)
-    assert len(calls) > 10 and inplace.converged
-    for res in (exact, inplace):
-        assert np.mean(res.labels == ref.labels) > 0.999
-    assert marginal_error(plan(z, inplace, 25.0)) <= 1.1e-3
 
 
 def test_in_place_drift_warns(monkeypatch, small_warmup):

@@ -1,0 +1,10 @@
+"""Fixtures shared by the unit tests."""
+import pytest
+
+from skselflabel import _sinkhorn
+
+
+@pytest.fixture
+def small_warmup(monkeypatch):
+    """Shrink the warm-up subsample so that moderate sizes take the full-matrix path."""
+    monkeypatch.setattr(_sinkhorn, "_WARMUP_ELEMENTS", 100_000)
