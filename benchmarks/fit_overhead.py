@@ -41,7 +41,7 @@ from skselflabel import SelfLabelClusterer, sinkhorn_knopp
 from skselflabel._augment import resolve_augment
 from skselflabel._backbones import SmallCNN, init_parameters_
 from skselflabel._schedule import label_update_steps
-from skselflabel._views import nearest_neighbors
+from skselflabel._graph import nearest_neighbors
 from skselflabel.datasets import load_digits_images, load_fashion_mnist
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))

@@ -8,7 +8,7 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluste
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._sinkhorn import sinkhorn_knopp
+from ._sinkhorn import sinkhorn_knopp, solve
 
 __all__ = ["SinkhornAssigner"]
 
@@ -210,6 +210,43 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
             Cluster indices.
         """
         return self._log_odds(X).argmax(axis=1)
+
+    def assign_tensor(self, scores, *, uniform=False, copy=True):
+        """Balanced hard assignment of a score tensor, computed where the tensor lives.
+
+        The entry point of :class:`SelfLabelClusterer`'s self-label step: it solves the
+        same problem as :meth:`fit` with this assigner's ``lam``, ``prior``, ``tol`` and
+        ``max_iter``, but takes and returns torch tensors on their device, and fits
+        nothing (the assigner is left unchanged). ``scores`` are read as logits (higher is
+        better) whatever ``input`` says.
+
+        Parameters
+        ----------
+        scores : torch.Tensor of shape (n_samples, n_clusters)
+            Logits or log-probabilities, on any device.
+        uniform : bool, default=False
+            Use equal cluster sizes instead of ``prior`` (auxiliary heads do).
+        copy : bool, default=True
+            If False, ``scores`` may be overwritten (no second ``n_samples x n_clusters``
+            buffer is allocated).
+
+        Returns
+        -------
+        result : SinkhornResult
+            With ``labels`` (int64), ``log_u`` and ``log_v`` as tensors on the device of
+            ``scores``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from skselflabel import SinkhornAssigner
+        >>> scores = torch.tensor([[2.0, 0.0], [1.0, 0.0], [1.5, 0.0], [0.0, 1.0]])
+        >>> SinkhornAssigner(lam=10.0).assign_tensor(scores).labels
+        tensor([0, 1, 0, 1])
+        """
+        prior = None if uniform or self.prior is None else np.asarray(self.prior, np.float64)
+        return solve(scores, lam=self.lam, prior=prior, tol=self.tol, max_iter=self.max_iter,
+                     copy=copy)
 
     def fit_predict(self, X, y=None):
         """Fit and return the balanced training assignment ``labels_``.

@@ -64,11 +64,8 @@ class SmallCNN(nn.Module):
     downstream use (:meth:`SelfLabelClusterer.transform`): the map of the last convolution
     block average-pooled to 3x3 and that of the one before pooled to 2x2, concatenated
     (128 * 9 + 64 * 4 = 1408 values). It keeps the coarse layout that global pooling
-    throws away, and, as in the SeLa paper's evaluation, conv features make better
-    linear-probe inputs than the last layer: on Fashion-MNIST (probe fitted on 60,000
-    images, scored on 10,000) a logistic regression scored 0.910 on them after a default
-    fit (``benchmarks/fashion_mnist.py``), against 0.843 on the 128-d ``forward`` output of
-    the previous default fit.
+    throws away; as in the SeLa paper's evaluation, conv features are meant as
+    linear-probe inputs (the user guide's "What transform returns" has the measurements).
 
     Parameters
     ----------
@@ -224,6 +221,20 @@ def resolve_backbone(backbone, input_shape, generator):
             f"got {type(backbone).__name__}."
         )
     return module, _output_width(module, input_shape)
+
+
+def build_network(backbone, input_shape, n_clusters, n_heads, generator):
+    """The backbone and ``n_heads`` linear heads of ``n_clusters`` outputs each.
+
+    Returns ``(backbone, heads, width, representation_width)``: the modules (on the CPU,
+    initialised from ``generator``), the width of the backbone's output (the heads'
+    input) and the width of what :meth:`SelfLabelClusterer.transform` returns.
+    """
+    module, width = resolve_backbone(backbone, input_shape, generator)
+    heads = build_quietly(lambda: nn.ModuleList(nn.Linear(width, n_clusters)
+                                                for _ in range(n_heads)))
+    init_parameters_(heads, generator)
+    return module, heads, width, representation_width(module, input_shape) or width
 
 
 def representation_width(module, input_shape):

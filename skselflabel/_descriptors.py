@@ -4,9 +4,8 @@ The neighbour graph of :class:`~skselflabel.SelfLabelClusterer` decides which sa
 pulled into the same cluster (neighbour views, diffusion of the self-label
 probabilities). Nearest neighbours in pixel space confuse images that differ by a shift
 or by contrast; histograms of gradient orientations pooled over small cells (the idea of
-HOG, Dalal and Triggs 2005) do much less so. Measured on 20,000 Fashion-MNIST training
-images: the share of each image's 10 nearest neighbours with its own class is 0.79 in
-pixel space and 0.85 here, and the clustering built on the graph gains about 0.14 ACC.
+HOG, Dalal and Triggs 2005) do much less so (the user guide's "Views and the neighbour
+graph" has the measurements).
 """
 import math
 

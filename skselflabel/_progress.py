@@ -5,6 +5,8 @@ optional extra ``progress``; without it each epoch prints one plain line.
 """
 import sys
 
+from ._events import FitListener
+
 
 class _LineProgress:
     """Fallback that prints one line per reported epoch."""
@@ -32,24 +34,31 @@ class _TqdmProgress:
         self.bar.close()
 
 
-class _SilentProgress:
-    def update(self, epoch, stats):
-        pass
-
-    def close(self):
-        pass
-
-
-def make_progress(total, verbose, desc="SelfLabelClusterer"):
-    """Return an object with ``update(epoch, stats_dict)`` and ``close()``.
-
-    ``verbose=0`` gives a silent reporter; ``verbose>=1`` a tqdm bar (``tqdm.auto``) when
-    tqdm is importable, else plain lines on stdout.
-    """
-    if not verbose:
-        return _SilentProgress()
+def make_progress(total, desc="SelfLabelClusterer"):
+    """An object with ``update(epoch, stats_dict)`` and ``close()``: a tqdm bar
+    (``tqdm.auto``) when tqdm is importable, else plain lines on stdout."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return _LineProgress(total, desc)
     return _TqdmProgress(tqdm(total=total, desc=desc, unit="epoch", leave=True))
+
+
+class ProgressReporter(FitListener):
+    """The ``verbose=1`` listener: one bar step per epoch, with the loss and label change."""
+
+    def __init__(self, desc="SelfLabelClusterer"):
+        self.desc = desc
+        self.progress = None
+        self.epochs_done = 0
+
+    def on_fit_begin(self, n_epochs):
+        self.progress = make_progress(n_epochs, self.desc)
+
+    def on_epoch_end(self, record):
+        self.epochs_done += 1
+        self.progress.update(self.epochs_done, {"loss": f"{record.loss:.4f}",
+                                                "change": f"{record.label_change:.3f}"})
+
+    def on_fit_end(self, status):
+        self.progress.close()

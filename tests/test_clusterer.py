@@ -21,8 +21,7 @@ from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from skselflabel import SelfLabelClusterer
-from skselflabel import _clusterer
+from skselflabel import SelfLabelClusterer, SinkhornAssigner
 from skselflabel.metrics import cluster_accuracy
 
 FAST = dict(max_epochs=4, random_state=0)
@@ -123,41 +122,41 @@ def test_prior_shapes_the_self_labels(blobs):
     X = blobs[0]
     # Without diffusion: diffused probabilities of well separated blobs tie within a blob,
     # and hard argmax labels cannot split tied samples to match a prior.
-    clu = SelfLabelClusterer(n_clusters=3, prior=[0.6, 0.2, 0.2], diffusion_steps=0,
-                             **FAST).fit(X)
+    clu = SelfLabelClusterer(n_clusters=3, diffusion_steps=0, **FAST,
+                             assigner=SinkhornAssigner(lam=10, prior=[0.6, 0.2, 0.2])).fit(X)
     counts = np.bincount(clu.self_labels_[0], minlength=3)
     np.testing.assert_allclose(counts / len(X), [0.6, 0.2, 0.2], atol=0.07)
 
 
 # --------------------------------------------------------------------- several heads
-def test_heads_are_self_labelled_one_at_a_time_in_one_buffer(blobs, monkeypatch):
+class _SpyAssigner(SinkhornAssigner):
+    """Records every self-label call of the estimator."""
+
     calls = []
-    real = _clusterer.sinkhorn_knopp
 
-    def spy(scores, **kwargs):
-        calls.append((scores.data_ptr(), tuple(scores.shape), kwargs["copy"]))
-        return real(scores, **kwargs)
+    def assign_tensor(self, scores, *, uniform=False, copy=True):
+        self.calls.append((scores.data_ptr(), tuple(scores.shape), copy, uniform))
+        return super().assign_tensor(scores, uniform=uniform, copy=copy)
 
-    monkeypatch.setattr(_clusterer, "sinkhorn_knopp", spy)
+
+def test_heads_are_self_labelled_one_at_a_time_in_one_buffer(blobs):
     X = blobs[0]
-    clu = SelfLabelClusterer(n_clusters=3, n_heads=3, n_label_updates=4, **FAST).fit(X)
+    spy = _SpyAssigner(lam=10.0, tol=1e-2)
+    calls = spy.calls
+    calls.clear()
+    clu = SelfLabelClusterer(n_clusters=3, n_heads=3, n_label_updates=4, assigner=spy,
+                             **FAST).fit(X)
     # 90 samples in batches of 16: 6 steps per epoch, 24 in all; updates at (t/3)^2 of
     # that, i.e. steps 0, 3 and 11 (the one at the end is the final update) -> 4 updates,
     # each solving the 3 heads one after another.
     assert len(calls) == 12
-    assert len({ptr for ptr, _, _ in calls}) == 1  # the same preallocated buffer every time
-    assert all(shape == (len(X), 3) and copy is False for _, shape, copy in calls)
+    assert len({ptr for ptr, *_ in calls}) == 1  # the same preallocated buffer every time
+    assert all(shape == (len(X), 3) and copy is False for _, shape, copy, _ in calls)
+    # The first head uses the assigner's prior, the auxiliary heads equal sizes.
+    assert [uniform for *_, uniform in calls[:3]] == [False, True, True]
     assert clu.self_labels_.shape == (3, len(X))
     for row in clu.self_labels_:
         assert np.bincount(row, minlength=3).min() >= len(X) // 3 - 2
-
-
-def test_label_buffer_reuses_storage_for_narrower_heads():
-    buffers = _clusterer._LabelBuffers()
-    wide = buffers.logits(10, 6, torch.device("cpu"))
-    narrow = buffers.logits(10, 4, torch.device("cpu"))
-    assert narrow.is_contiguous() and narrow.shape == (10, 4)
-    assert narrow.data_ptr() == wide.data_ptr()
 
 
 # --------------------------------------------------------------------- meta-estimators
@@ -169,20 +168,42 @@ def test_pipeline_with_linear_probe(blobs):
     assert pipe.fit(X, y).score(X, y) > 0.9
 
 
-def test_grid_search_in_parallel(blobs):
+def test_grid_search_in_parallel_matches_sequential(blobs):
+    # Worker processes (pickled estimators, other threads) fit the same clones as the
+    # parent would: identical scores and choice, and the probe separates the blobs.
     X, y = blobs
     pipe = make_pipeline(StandardScaler(), SelfLabelClusterer(n_clusters=3, **FAST),
                          LogisticRegression())
-    search = GridSearchCV(pipe, {"selflabelclusterer__lam": [10.0, 25.0]}, cv=2, n_jobs=2)
-    search.fit(X, y)
-    assert search.best_params_["selflabelclusterer__lam"] in (10.0, 25.0)
-    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    grid = {"selflabelclusterer__assigner__lam": [10.0, 25.0],
+            "selflabelclusterer__n_clusters": [2, 3]}
+    parallel = GridSearchCV(pipe, grid, cv=2, n_jobs=2).fit(X, y)
+    sequential = GridSearchCV(pipe, grid, cv=2, n_jobs=1).fit(X, y)
+    np.testing.assert_array_equal(parallel.cv_results_["mean_test_score"],
+                                  sequential.cv_results_["mean_test_score"])
+    assert parallel.best_params_ == sequential.best_params_
+    assert parallel.best_score_ > 0.9
 
 
-def test_grid_search_uses_the_clusterer_score(blobs):
-    search = GridSearchCV(SelfLabelClusterer(n_clusters=3, **FAST), {"lam": [10.0, 25.0]}, cv=2)
-    search.fit(blobs[0])
+def test_grid_search_over_the_default_assigner(blobs):
+    search = GridSearchCV(SelfLabelClusterer(n_clusters=3, **FAST),
+                          {"assigner__lam": [10.0, 25.0]}, cv=2).fit(blobs[0])
     assert np.all(search.cv_results_["mean_test_score"] <= 0)
+    assert search.best_estimator_.assigner.lam == search.best_params_["assigner__lam"]
+    # set_params on the default assigner makes it explicit and leaves other instances alone.
+    est = SelfLabelClusterer().set_params(assigner__lam=3.0, assigner__prior=[1] * 10)
+    assert isinstance(est.assigner, SinkhornAssigner) and est.assigner.lam == 3.0
+    assert est.assigner.tol == 1e-2 and SelfLabelClusterer().assigner is None
+
+
+def test_assigner_lam_reaches_the_self_label_step(blobs):
+    spy = _SpyAssigner(lam=3.0)
+    seen = []
+    spy.assign_tensor = lambda scores, **kw: seen.append(kw) or SinkhornAssigner.assign_tensor(
+        spy, scores, **kw)
+    SelfLabelClusterer(n_clusters=3, assigner=spy, **FAST).fit(blobs[0])
+    assert seen and all(kw["copy"] is False for kw in seen)
+    with pytest.raises(ValueError, match="input='logits'"):
+        SelfLabelClusterer(assigner=SinkhornAssigner(input="proba"), **FAST).fit(blobs[0])
 
 
 def test_clone_gives_an_unfitted_copy(fitted):
@@ -211,7 +232,8 @@ def test_model_trained_on_a_gpu_predicts_on_a_cpu_only_machine(fitted, blobs):
     gpu_made._device = "cuda:0"
     back = pickle.loads(pickle.dumps(gpu_made))
     if not torch.cuda.is_available():
-        assert back._inference_device() == torch.device("cpu")
+        assert back.heads_[0].weight.device == torch.device("cpu")
+        assert not back.backbone_.training
     np.testing.assert_array_equal(back.predict(blobs[0]), fitted.labels_)
     state = gpu_made.__getstate__()
     assert all(p.device.type == "cpu" for p in state["backbone_"].parameters())
@@ -274,10 +296,15 @@ def test_user_augmentation_is_applied(blobs):
 
     def aug(x):
         calls.append(x.shape)
-        return x + 0.01
+        return x + 0.5
 
-    SelfLabelClusterer(n_clusters=3, augment=aug, **FAST).fit(blobs[0])
-    assert calls and all(len(s) == 2 for s in calls)
+    X = blobs[0]
+    augmented = SelfLabelClusterer(n_clusters=3, augment=aug, **FAST).fit(X)
+    plain = SelfLabelClusterer(n_clusters=3, **FAST).fit(X)
+    # Called once per gradient step on (batch, features) tensors...
+    assert len(calls) == 4 * 6 and all(len(s) == 2 and s[1] == 4 for s in calls)
+    # ... and its output is what the network trained on.
+    assert not np.allclose(augmented.transform(X), plain.transform(X))
 
 
 # --------------------------------------------------------------------- determinism
@@ -297,10 +324,13 @@ def test_same_random_state_same_result_and_global_rngs_untouched(images):
 
 def test_warm_start_continues_training(blobs):
     clu = SelfLabelClusterer(n_clusters=3, warm_start=True, **FAST).fit(blobs[0])
-    first = clu.backbone_
+    first = [p.detach().clone() for p in clu.backbone_.parameters()]
+    first_loss = clu.history_["loss"].iloc[-1]
     clu.fit(blobs[0])
-    assert clu.backbone_ is first
     assert clu.history_["epoch"].tolist() == list(range(1, 9))
+    # Training went on from the first fit's weights: its loss starts where that one ended.
+    assert clu.history_["loss"].iloc[4] < 1.5 * first_loss
+    assert not all(torch.equal(a, b) for a, b in zip(first, clu.backbone_.parameters()))
 
 
 # --------------------------------------------------------------------- Ctrl-C
@@ -368,8 +398,11 @@ def test_verbose_without_tqdm_prints_lines(blobs, capsys, monkeypatch):
     "params, X, error, match",
     [
         ({}, np.zeros((4, 2, 2, 2, 2)), ValueError, "got 5-D input"),
-        ({"prior": [0.5, 0.5]}, None, ValueError, "prior must hold 3"),
-        ({"prior": [1.0, -1.0, 1.0]}, None, ValueError, "non-negative"),
+        ({"assigner": SinkhornAssigner(prior=[0.5, 0.5])}, None, ValueError,
+         "length n_clusters=3"),
+        ({"assigner": SinkhornAssigner(prior=[1.0, -1.0, 1.0])}, None, ValueError,
+         "non-negative"),
+        ({"assigner": SinkhornAssigner(lam=-1.0)}, None, ValueError, "lam"),
         ({"backbone": "cnn"}, None, ValueError, "needs images"),
         ({"backbone": lambda shape: 3}, None, TypeError, "must return a torch.nn.Module"),
         ({"device": "cuda:7" if not torch.cuda.is_available() else "nope"}, None, ValueError,
@@ -391,24 +424,6 @@ def test_predict_errors(fitted):
         SelfLabelClusterer().transform(np.zeros((3, 5)))
 
 
-def test_self_label_step_diffuses_probabilities_over_the_graph(fitted, blobs, monkeypatch):
-    seen = []
-    real = _clusterer.sinkhorn_knopp
-    monkeypatch.setattr(_clusterer, "sinkhorn_knopp",
-                        lambda scores, **kw: seen.append(scores.clone()) or real(scores, **kw))
-    X_t = fitted._to_tensor(blobs[0], torch.device("cpu"))
-    neighbors = _clusterer.nearest_neighbors(X_t, 5)
-    labels = torch.zeros((1, len(X_t)), dtype=torch.int64)
-    fitted._DIFFUSION_CHUNK_ELEMENTS = 7 * 5 * 3  # several chunks, uneven last one
-    fitted._self_label(X_t, labels, None, _clusterer._LabelBuffers(), neighbors, 3)
-    head = fitted.heads_[0]
-    p = torch.softmax(fitted._embed(X_t) @ head.weight.detach().T + head.bias.detach(), 1)
-    for _ in range(3):
-        p = (p + p[neighbors].mean(1)) / 2
-    torch.testing.assert_close(seen[0], p.clamp_min(1e-8).log(), rtol=1e-5, atol=1e-5)
-    assert labels[0].bincount(minlength=3).min() >= len(X_t) // 3 - 2  # balanced, in place
-
-
 def test_diffusion_and_neighbor_views_change_the_result(blobs):
     base = SelfLabelClusterer(n_clusters=3, **FAST).fit(blobs[0]).transform(blobs[0])
     for params in [{"diffusion_steps": 0}, {"neighbor_prob": 0.0}, {"n_neighbors": 0}]:
@@ -418,11 +433,11 @@ def test_diffusion_and_neighbor_views_change_the_result(blobs):
 
 # ------------------------------------------------------------------ neighbour graph space
 def test_neighbor_features_auto_uses_gradients_for_images_of_16_pixels_or_more(monkeypatch):
-    import skselflabel._clusterer as clusterer_module
+    import skselflabel._graph as graph_module
 
     seen = []
-    real = clusterer_module.gradient_histograms
-    monkeypatch.setattr(clusterer_module, "gradient_histograms",
+    real = graph_module.gradient_histograms
+    monkeypatch.setattr(graph_module, "gradient_histograms",
                         lambda x: seen.append(tuple(x.shape)) or real(x))
     rng = np.random.default_rng(0)
     big = rng.random((40, 1, 16, 16)).astype(np.float32)

@@ -2,7 +2,11 @@
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _example_blocks():

@@ -3,6 +3,8 @@ import pytest
 
 from skselflabel import demo
 
+pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
+
 
 def test_demo_prints_the_comparison_and_saves_grids(tmp_path, capsys):
     pytest.importorskip("matplotlib")

@@ -18,6 +18,8 @@ from skselflabel import SelfLabelClusterer
 from skselflabel.datasets import load_fashion_mnist
 from skselflabel.metrics import cluster_accuracy
 
+pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
+
 N_TRAIN, N_TEST = 1500, 1000
 
 

@@ -16,7 +16,9 @@ nbclient = pytest.importorskip("nbclient", reason="the dev extra is not installe
 
 from skselflabel.datasets import load_fashion_mnist  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
+
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "skselflabel-test-python"
 

@@ -3,7 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_docs_build_without_warnings(tmp_path):

@@ -5,11 +5,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from skselflabel import sinkhorn_knopp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _distributed_worker as worker  # noqa: E402
+
+pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,0 +1,115 @@
+"""The settings of one fit: every "auto" parameter of the estimator resolved in one place.
+
+:func:`resolve_config` is the only function that knows what "auto" means; the trainer,
+the labeller and the graph receive a frozen :class:`FitConfig` and never look at the
+estimator's parameters. Each default below is a named constant with the reason it has its
+value (the measurements behind them are in ``docs/benchmarks.md`` and the user guide).
+"""
+from dataclasses import dataclass
+import math
+
+from ._augment import resolve_augment
+
+# Batch: 128 samples, but at least this many steps per epoch on small data sets (so that
+# the schedule and the neighbour views get enough steps), and never below 16 samples
+# (BatchNorm statistics of smaller batches are too noisy).
+AUTO_BATCH_SIZE = 128
+MIN_STEPS_PER_EPOCH = 8
+MIN_AUTO_BATCH_SIZE = 16
+# Epochs: about this many gradient steps in all, within [MIN_EPOCHS, MAX_EPOCHS] (40 epochs
+# for the 1,797 digits, 10 for 60,000 images).
+TARGET_STEPS = 600
+MIN_EPOCHS, MAX_EPOCHS = 10, 100
+# Self-label steps: the paper's 100 on small data; each step is a pass over the data, so
+# the count falls as 200,000 / n_samples from 2,000 samples on, to 10 at 20,000.
+MAX_LABEL_UPDATES, MIN_LABEL_UPDATES = 100, 10
+LABEL_UPDATE_SAMPLES = 200_000
+# Learning rates: Adam's usual 1e-3; SeLa's SGD runs use 0.05.
+ADAM_LR, SGD_LR = 1e-3, 0.05
+# Neighbours per sample in the k-NN graph.
+AUTO_NEIGHBORS = 10
+# Chance that a training input is replaced by a neighbour: always for images (where
+# augmentations add invariance on top), half the time for tables.
+IMAGE_NEIGHBOR_PROB, TABLE_NEIGHBOR_PROB = 1.0, 0.5
+# Diffusion steps grow like sqrt(n) (a lazy random walk spreads over a larger graph more
+# slowly): 20 at 2,000 samples, clipped to [20, 60].
+DIFFUSION_STEPS_AT_2000, MIN_DIFFUSION_STEPS, MAX_DIFFUSION_STEPS = 20.0, 20.0, 60.0
+# Images need a few 4 x 4 cells per side for gradient histograms to help; on 8 x 8 digits
+# pixels make the better graph.
+MIN_GRADIENT_SIDE = 16
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Resolved settings of one fit (no "auto" left)."""
+
+    n_samples: int
+    is_image: bool
+    batch_size: int
+    steps_per_epoch: int
+    max_epochs: int
+    n_label_updates: int
+    lr: float
+    n_neighbors: int
+    neighbor_prob: float
+    neighbor_features: object    # "input", "gradients" or a callable
+    diffusion_steps: int
+    augment: object              # f(batch, generator) -> batch, or None
+
+    @property
+    def total_steps(self):
+        return self.max_epochs * self.steps_per_epoch
+
+
+def n_batches(n_samples, batch_size):
+    """Batches per epoch; a trailing batch of one sample (it breaks BatchNorm) is dropped."""
+    n = math.ceil(n_samples / batch_size)
+    if n > 1 and n_samples % batch_size == 1:
+        n -= 1
+    return n
+
+
+def _auto(value, default):
+    return default if isinstance(value, str) and value == "auto" else value
+
+
+def resolve_config(params, n_samples, sample_shape):
+    """A :class:`FitConfig` from the estimator's ``get_params()`` and the data's shape.
+
+    Parameters
+    ----------
+    params : dict
+        The estimator's parameters (``get_params(deep=False)``).
+    n_samples : int
+        Number of training samples.
+    sample_shape : tuple of int
+        Shape of one sample: ``(d,)`` for tables, ``(c, h, w)`` for images.
+    """
+    is_image = len(sample_shape) == 3
+    batch_size = int(_auto(params["batch_size"], min(
+        AUTO_BATCH_SIZE, max(MIN_AUTO_BATCH_SIZE, n_samples // MIN_STEPS_PER_EPOCH))))
+    batch_size = min(batch_size, n_samples)
+    steps_per_epoch = n_batches(n_samples, batch_size)
+    max_epochs = int(_auto(params["max_epochs"], min(
+        MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))))
+    n_label_updates = int(_auto(params["n_label_updates"], min(
+        MAX_LABEL_UPDATES, max(MIN_LABEL_UPDATES, LABEL_UPDATE_SAMPLES // n_samples))))
+    lr = float(_auto(params["lr"], SGD_LR if params["optimizer"] == "sgd" else ADAM_LR))
+    n_neighbors = min(int(_auto(params["n_neighbors"], AUTO_NEIGHBORS)), n_samples - 1)
+    neighbor_prob = float(_auto(params["neighbor_prob"],
+                                IMAGE_NEIGHBOR_PROB if is_image else TABLE_NEIGHBOR_PROB))
+    diffusion_steps = int(_auto(params["diffusion_steps"], round(min(
+        MAX_DIFFUSION_STEPS, max(MIN_DIFFUSION_STEPS,
+                                 DIFFUSION_STEPS_AT_2000 * math.sqrt(n_samples / 2000))))))
+    features = params["neighbor_features"]
+    if isinstance(features, str) and features == "auto":
+        features = ("gradients" if is_image and min(sample_shape[1:]) >= MIN_GRADIENT_SIDE
+                    else "input")
+    return FitConfig(
+        n_samples=n_samples, is_image=is_image, batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch, max_epochs=max_epochs,
+        n_label_updates=n_label_updates, lr=lr, n_neighbors=n_neighbors,
+        neighbor_prob=neighbor_prob, neighbor_features=features,
+        diffusion_steps=diffusion_steps,
+        augment=resolve_augment(params["augment"], is_image=is_image),
+    )

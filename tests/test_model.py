@@ -1,0 +1,113 @@
+"""The fitted model as one unit: transactional fits, read-only inference, pickled state."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from skselflabel import SelfLabelClusterer
+from skselflabel._model import FITTED, STATE_VERSION
+
+
+@pytest.fixture(scope="module")
+def X():
+    return np.random.RandomState(0).randn(200, 4).astype("float32")
+
+
+@pytest.fixture
+def fitted(X):
+    return SelfLabelClusterer(3, max_epochs=2, random_state=0).fit(X)
+
+
+def _outputs(est, X):
+    return (est.labels_.copy(), est.predict(X), est.predict_proba(X), est.transform(X))
+
+
+def _assert_same(before, after):
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_failing_refit_leaves_the_earlier_model_as_it_was(fitted, X):
+    before, state = _outputs(fitted, X), dict(vars(fitted))
+
+    def boom(batch):
+        raise RuntimeError("augmentation failed")
+
+    with pytest.raises(RuntimeError, match="augmentation failed"):
+        fitted.set_params(augment=boom).fit(X * 10 + 5)
+    _assert_same(before, _outputs(fitted, X))
+    for name in FITTED:
+        if name in state:
+            assert vars(fitted)[name] is state[name], name
+    assert (fitted.labels_ == fitted.predict(X)).mean() == 1.0
+
+
+def test_ctrl_c_while_the_graph_is_built_leaves_the_earlier_model(fitted, X):
+    before = _outputs(fitted, X)
+
+    def interrupted(X_t):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fitted.set_params(neighbor_features=interrupted).fit(np.hstack([X, X]))
+    _assert_same(before, _outputs(fitted, X))
+    assert fitted.n_features_in_ == 4
+
+
+@pytest.mark.parametrize("bad", ["input", "backbone", "prior"])
+def test_other_failures_leave_the_model_too(fitted, X, bad):
+    from torch import nn
+
+    from skselflabel import SinkhornAssigner
+
+    before = _outputs(fitted, X)
+    params = {"input": {}, "backbone": {"backbone": lambda shape: nn.Linear(99, 3)},
+              "prior": {"assigner": SinkhornAssigner(prior=[1, 2])}}[bad]
+    data = np.full((10, 4), np.nan) if bad == "input" else X
+    with pytest.raises((ValueError, TypeError, RuntimeError)):
+        fitted.set_params(**params).fit(data)
+    _assert_same(before, _outputs(fitted, X))
+
+
+def test_warm_start_failure_does_not_touch_the_network(X):
+    est = SelfLabelClusterer(3, max_epochs=2, random_state=0, warm_start=True).fit(X)
+    weights = [p.detach().clone() for p in est.backbone_.parameters()]
+    calls = []
+
+    def boom(batch):
+        calls.append(1)
+        if len(calls) == 3:                 # after two gradient steps on the network
+            raise RuntimeError("late failure")
+        return batch
+
+    with pytest.raises(RuntimeError):
+        est.set_params(augment=boom).fit(X)
+    assert all(torch.equal(a, b) for a, b in zip(weights, est.backbone_.parameters()))
+    assert len(est.history_) == 2
+
+
+def test_inference_never_changes_the_estimator(fitted, X):
+    state = copy.deepcopy({k: v for k, v in vars(fitted).items()
+                           if k not in ("backbone_", "heads_")})
+    weights = copy.deepcopy(fitted.backbone_.state_dict())
+    modes = [m.training for m in fitted.backbone_.modules()]
+    fitted.predict(X), fitted.predict_proba(X), fitted.transform(X), fitted.score(X)
+    after = {k: v for k, v in vars(fitted).items() if k not in ("backbone_", "heads_")}
+    assert after.keys() == state.keys()
+    assert all(torch.equal(a, b) for a, b in zip(weights.values(),
+                                                 fitted.backbone_.state_dict().values()))
+    assert modes == [m.training for m in fitted.backbone_.modules()]
+
+
+def test_pickles_are_versioned(fitted, X):
+    blob = pickle.dumps(fitted)
+    np.testing.assert_array_equal(pickle.loads(blob).predict(X), fitted.labels_)
+    state = fitted.__getstate__()
+    assert state["_skselflabel_state"] == STATE_VERSION
+    old = SelfLabelClusterer.__new__(SelfLabelClusterer)
+    with pytest.raises(ValueError, match="state format 1.*reads format 2.*Refit"):
+        old.__setstate__({k: v for k, v in state.items() if k != "_skselflabel_state"})
+    # Unfitted estimators carry no model: any layout loads.
+    assert pickle.loads(pickle.dumps(SelfLabelClusterer(4))).n_clusters == 4
