@@ -223,16 +223,9 @@ def load_fashion_mnist(data_home=None, *, split="train", return_X_y=False, as_fl
         images = images.astype(np.float32)
         images /= 255.0
 
-    if return_X_y:
-        return images, target
-    return Bunch(
-        images=images,
-        data=images.reshape(len(images), -1),
-        target=target,
-        target_names=list(FASHION_MNIST_CLASSES),
-        data_dir=str(directory),
-        DESCR=_FASHION_DESCR,
-    )
+    return _images_or_bunch(images, target, return_X_y,
+                            target_names=list(FASHION_MNIST_CLASSES), data_dir=str(directory),
+                            DESCR=_FASHION_DESCR)
 
 
 def load_digits_images(*, return_X_y=False):
@@ -282,12 +275,12 @@ def load_digits_images(*, return_X_y=False):
     digits = load_digits()
     images = digits.images.astype(np.float32) / np.float32(16.0)
     target = digits.target.astype(np.int64)
+    return _images_or_bunch(images, target, return_X_y,
+                            target_names=[str(d) for d in range(10)], DESCR=digits.DESCR)
+
+
+def _images_or_bunch(images, target, return_X_y, **fields):
+    """``(images, target)``, or a Bunch with the images, their flat rows and ``fields``."""
     if return_X_y:
         return images, target
-    return Bunch(
-        images=images,
-        data=images.reshape(len(images), -1),
-        target=target,
-        target_names=[str(d) for d in range(10)],
-        DESCR=digits.DESCR,
-    )
+    return Bunch(images=images, data=images.reshape(len(images), -1), target=target, **fields)
