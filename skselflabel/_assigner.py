@@ -55,6 +55,15 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         Largest relative error of the cluster sizes (and row sums) at convergence.
     max_iter : int, default=1000
         Maximum number of Sinkhorn iterations.
+    size_tolerance : float >= 0 or None, default=0.5
+        Cluster sizes allowed for the hard labels of the fitted rows (``labels_``,
+        :meth:`assign_tensor`): between ``1 - size_tolerance`` and ``1 + size_tolerance``
+        times each cluster's share ``n_samples * prior_k``. Labels are the transport
+        plan's row-wise argmax, and only samples of clusters outside those sizes are moved,
+        chosen by the plan's confidence; the argmax alone piles into a few clusters when
+        the plan is soft (many clusters, small ``lam``). 0 gives exactly the shares, 1 or
+        more no lower bound; None keeps the plain argmax. New rows (:meth:`predict`) are assigned one at a time by
+        argmax.
 
     Attributes
     ----------
@@ -118,14 +127,17 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         "input": [StrOptions({"logits", "proba", "distance"})],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "size_tolerance": [Interval(Real, 0, None, closed="left"), None],
     }
 
-    def __init__(self, lam=25.0, prior=None, input="logits", tol=1e-3, max_iter=1000):
+    def __init__(self, lam=25.0, prior=None, input="logits", tol=1e-3, max_iter=1000,
+                 size_tolerance=0.5):
         self.lam = lam
         self.prior = prior
         self.input = input
         self.tol = tol
         self.max_iter = max_iter
+        self.size_tolerance = size_tolerance
 
     def _scores(self, X):
         """Scores (higher is better) from X as described by ``input``."""
@@ -169,7 +181,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         if self.input == "distance":
             self.distance_scale_ = self._distance_scale(X)
         res = sinkhorn_knopp(self._scores(X), lam=self.lam, prior=prior, tol=self.tol,
-                             max_iter=self.max_iter)
+                             max_iter=self.max_iter, size_tolerance=self.size_tolerance)
         self.log_v_ = res.log_v
         self.labels_ = res.labels
         self.n_iter_ = res.n_iter
@@ -211,7 +223,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         """
         return self._log_odds(X).argmax(axis=1)
 
-    def assign_tensor(self, scores, *, uniform=False, copy=True):
+    def assign_tensor(self, scores, *, uniform=False, copy=True, min_size_tolerance=0.0):
         """Balanced hard assignment of a score tensor, computed where the tensor lives.
 
         The entry point of :class:`SelfLabelClusterer`'s self-label step: it solves the
@@ -229,6 +241,10 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         copy : bool, default=True
             If False, ``scores`` may be overwritten (no second ``n_samples x n_clusters``
             buffer is allocated).
+        min_size_tolerance : float, default=0.0
+            Allow cluster sizes at least this far from their shares, even when
+            ``size_tolerance`` is tighter (:class:`SelfLabelClusterer` widens the sizes of
+            its early self-label steps so); no effect when ``size_tolerance`` is None.
 
         Returns
         -------
@@ -245,8 +261,11 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         tensor([0, 1, 0, 1])
         """
         prior = None if uniform or self.prior is None else np.asarray(self.prior, np.float64)
+        tolerance = self.size_tolerance
+        if tolerance is not None:
+            tolerance = max(tolerance, min_size_tolerance)
         return solve(scores, lam=self.lam, prior=prior, tol=self.tol, max_iter=self.max_iter,
-                     copy=copy)
+                     copy=copy, size_tolerance=tolerance)
 
     def fit_predict(self, X, y=None):
         """Fit and return the balanced training assignment ``labels_``.

@@ -14,15 +14,16 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._config import resolve_config
-from ._events import (CallbackSupportMixin, EventStream, HistoryRecorder, SklearnCallbacks)
+from ._events import CallbackSupportMixin, HistoryRecorder, fit_events
 from ._graph import NeighborGraph
 from ._inference import represent
 from ._inputs import check_fit_input, check_predict_input, training_device
 from ._labelling import SelfLabeller
 from ._model import (checked_assigner, checked_state, commit, data_attributes,
-                     default_assigner, first_head_logits, initial_labels, initial_model,
+                     default_assigner, first_head_labels, first_head_logits, initial_labels,
+                     initial_model,
                      pickled_state, place_modules, snapshot)
-from ._progress import ProgressReporter
+from ._source import Feeder
 from ._training import Trainer, make_optimizer
 
 
@@ -48,8 +49,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
     :math:`(t / (T-1))^2` of training), and once more at the end.
 
     A k-nearest-neighbour graph of the training inputs helps where augmentations are weak:
-    probabilities are diffused over it before the self-label step (``diffusion_steps``),
-    and gradient steps may train on a random neighbour of a sample with the sample's
+    labels are diffused over it before the self-label step (``diffusion_steps``), and
+    gradient steps may train on a random neighbour of a sample with the sample's
     self-label as target (``neighbor_prob``). The user guide explains every parameter.
 
     Parameters
@@ -59,8 +60,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
     n_heads : int, default=1
         Linear heads on the shared backbone, each with its own self-labels; the loss is
-        their mean cross-entropy. ``n_clusters=3000, n_heads=10`` is the paper's
-        "SeLa [3k x 10]".
+        their mean. ``n_clusters=3000, n_heads=10`` is the paper's "SeLa [3k x 10]".
 
     backbone : {"auto", "mlp", "cnn"}, nn.Module or callable, default="auto"
         The shared network: "auto" is an MLP for tables (2-D ``X``) and a small CNN for
@@ -70,13 +70,11 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         ``random_state``.
 
     assigner : SinkhornAssigner or None, default=None
-        The self-label step: any object with ``assign_tensor(scores, *, uniform, copy)``
-        returning balanced ``labels`` as a tensor (see
-        :meth:`SinkhornAssigner.assign_tensor`). Its ``lam`` sets how closely the labels
-        follow the network, its ``prior`` the cluster proportions of the first head
-        (auxiliary heads use equal sizes). None means ``SinkhornAssigner(lam=10.0,
-        tol=0.01)``; ``set_params(assigner__lam=25)`` and grid searches over
-        ``assigner__lam`` or ``assigner__prior`` work with it too.
+        The self-label step, called through :meth:`SinkhornAssigner.assign_tensor`. Its
+        ``lam`` sets how closely labels follow the network, its ``prior`` the cluster
+        proportions of the first head (other heads: equal), its ``size_tolerance`` how far
+        cluster sizes may stray from them. None is ``SinkhornAssigner(lam=10.0,
+        tol=0.01)``; ``assigner__lam`` and ``assigner__prior`` work in grid searches.
 
     max_epochs : int or "auto", default="auto"
         Passes over the training data; "auto" aims at about 600 gradient steps, within
@@ -108,37 +106,41 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         than 64 are projected on their top 64 principal axes). 0 disables neighbour views
         and diffusion. "auto" is 10.
 
-    neighbor_features : {"auto", "input", "gradients"} or callable, default="auto"
+    neighbor_features : {"auto", "input", "gradients"}, callable or array-like, default="auto"
         The space of the graph: the inputs, or histograms of gradient orientations
         (images only; less fooled by shifts and contrast than pixels). "auto" is
         "gradients" for images of at least 16 x 16 pixels, else "input". A callable maps
-        the prepared float32 training tensor to an ``(n, m)`` tensor (an embedding).
+        a batch of prepared float32 samples to an ``(batch, m)`` embedding; an array is
+        an ``(n_samples, m)`` embedding of the training samples (from a pretrained model).
 
     neighbor_prob : float in [0, 1] or "auto", default="auto"
         Chance that a training input is replaced by a random neighbour; "auto" is 1.0 for
         images and 0.5 for tables.
 
     diffusion_steps : int or "auto", default="auto"
-        Before each self-label step the probabilities :math:`P = \operatorname{softmax}(z)`
-        are smoothed ``diffusion_steps`` times, :math:`P \leftarrow (P + \bar P_{nb})/2`,
-        and the assigner works on :math:`\log P`. "auto" is :math:`20 \sqrt{n / 2000}`
-        clipped to [20, 60]; 0 disables it.
+        Before each self-label step each head's probabilities :math:`P` are smoothed
+        ``diffusion_steps`` times over the graph, :math:`P \leftarrow (P + \bar P_{nb})/2`,
+        and the assigner works on :math:`\log P`; with more clusters than backbone
+        features, the features are smoothed instead (cheaper). "auto" grows with the mean
+        cluster size :math:`m = n / K`: :math:`20 \sqrt{m / 200}` in [1, 60]; 0: none.
 
     augment : {"auto", "none"}, callable or None, default="auto"
-        Batch augmentation on the training device, after the neighbour view: "auto" is
-        random shifts and intensity jitter for images, nothing for tables. A callable gets
-        a float32 batch tensor (and the estimator's ``torch.Generator`` if it accepts a
-        ``generator`` argument) and returns a batch of the same shape.
+        Batch augmentation on the training device: "auto" is random shifts and intensity
+        jitter for images, nothing for tables. A callable maps a float32 batch tensor (and
+        a ``generator`` keyword, if it takes one) to a batch of the same shape.
 
     device : str or torch.device, default="auto"
         Where to train: "auto" is CUDA when available, else the CPU. A model fitted on a
         GPU predicts on the CPU where no GPU is present.
 
+    num_workers : int, default=0
+        Worker processes of the ``DataLoader`` that reads ``X`` when it is a torch
+        ``Dataset`` (0: the main process). Arrays are read without workers.
+
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, initial labels, shuffling, neighbour picks and augmentation
-        through private generators; torch's and ``random``'s global RNGs are never used
-        (an int is never drawn from numpy's global RNG either). An int gives reproducible
-        results on the CPU.
+        through private generators; torch's and ``random``'s global RNGs are never used.
+        An int gives reproducible results on the CPU.
 
     verbose : int, default=0
         1 shows a progress bar per epoch (tqdm, in a terminal or Jupyter; plain lines
@@ -159,7 +161,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
     history_ : pandas.DataFrame
         One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads),
         ``label_change`` (fraction of labels the latest self-label step changed, mean over
-        heads) and ``seconds`` (wall time, self-labelling included).
+        heads), ``label_error`` (its largest marginal error over heads: above the
+        assigner's ``tol`` when the solve stopped at ``max_iter``) and ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList
@@ -215,10 +218,12 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "n_neighbors": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "neighbor_prob": [Interval(Real, 0, 1, closed="both"), StrOptions({"auto"})],
-        "neighbor_features": [StrOptions({"auto", "input", "gradients"}), callable],
+        "neighbor_features": [StrOptions({"auto", "input", "gradients"}), callable,
+                              "array-like"],
         "diffusion_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "augment": [StrOptions({"auto", "none"}), callable, None],
         "device": [str, torch.device],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -228,8 +233,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
                  max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
-                 diffusion_steps="auto", augment="auto", device="auto", random_state=None,
-                 verbose=0, warm_start=False):
+                 diffusion_steps="auto", augment="auto", device="auto", num_workers=0,
+                 random_state=None, verbose=0, warm_start=False):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.backbone = backbone
@@ -247,6 +252,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         self.diffusion_steps = diffusion_steps
         self.augment = augment
         self.device = device
+        self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
@@ -266,9 +272,11 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
         Parameters
         ----------
-        X : array-like, DataFrame or torch.Tensor
+        X : array-like, memory map, DataFrame, torch.Tensor or torch Dataset
             Table of shape (n_samples, n_features), or images of shape
-            (n_samples, height, width) or (n_samples, channels, height, width).
+            (n_samples, height, width) or (n_samples, channels, height, width), of any
+            real dtype; read batch by batch, never copied whole. A ``Dataset``'s items are
+            samples or ``(sample, target)`` pairs.
         y : None
             Ignored for training; passed on to scikit-learn callbacks (for scoring).
 
@@ -277,33 +285,34 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         self : SelfLabelClusterer
             The fitted estimator.
         """
-        data = check_fit_input(self, X)
+        data = check_fit_input(self, X, self.num_workers)
         config = resolve_config(self.get_params(deep=False), data.n_samples,
                                 data.sample_shape)
         assigner = checked_assigner(self.assigner, self.n_clusters)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
         device = training_device(self.device)
         init_gen = torch.Generator().manual_seed(int(seeds[0]))
-        train_gen = torch.Generator(device=device).manual_seed(int(seeds[1]))
         model = initial_model(self, data, init_gen, device)
-        X_t = model["_scaling"].to_tensor(data.X, device)
+        feeder = Feeder(data.source, model["_scaling"], device)
+        generators = (torch.Generator(feeder.index_device).manual_seed(int(seeds[1])),
+                      torch.Generator(device).manual_seed(int(seeds[2])))
         labels = initial_labels(model["heads_"], data.n_samples, init_gen, device)
         history = HistoryRecorder()
-        events = self._events(history, X, y, lambda: snapshot(model, data, X_t))
+        events = fit_events(self, history, X, y, lambda: snapshot(model, data, feeder))
         # Restore torch's global RNG afterwards in case a user module (e.g. Dropout) uses it.
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            graph = (NeighborGraph.build(X_t, config.neighbor_features, config.n_neighbors)
+            graph = (NeighborGraph.build(feeder, config.neighbor_features, config.n_neighbors)
                      if config.n_neighbors > 0 else None)
             optimizer = make_optimizer(self.optimizer, (model["backbone_"], model["heads_"]),
                                        config.lr, self.momentum, self.weight_decay)
             outcome = Trainer(
                 model["backbone_"], model["heads_"], model["_head_width"], config, optimizer,
-                SelfLabeller(assigner, graph, config.diffusion_steps), graph, train_gen,
+                SelfLabeller(assigner, graph, config.diffusion_steps), graph, generators,
                 events, first_epoch=len(model["history_"]) + 1,
-            ).run(X_t, labels)
+            ).run(feeder, labels)
         model.update(self_labels_=labels.cpu().numpy(), n_iter_=outcome.epochs,
                      history_=history.frame(model["history_"]), _device=str(device),
-                     labels_=first_head_logits(model, X_t).argmax(1).cpu().numpy(),
+                     labels_=first_head_labels(model, feeder).cpu().numpy(),
                      **data_attributes(data))
         commit(self, model)
         if outcome.interrupted is not None:
@@ -314,25 +323,18 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
                           UserWarning, stacklevel=2)
         return self
 
-    def _events(self, history, X, y, snapshot):
-        """The listeners of this fit: history, progress bar, scikit-learn callbacks."""
-        listeners = [history] + ([ProgressReporter()] if self.verbose else [])
-        if SklearnCallbacks.supported(self):
-            listeners.append(SklearnCallbacks(self, X, y, snapshot))
-        return EventStream(listeners)
-
     # ------------------------------------------------------------------ inference
     def _inference_input(self, X):
         check_is_fitted(self)
-        X = check_predict_input(self, X)
-        return self._scaling.to_tensor(X, self.heads_[0].weight.device)
+        source = check_predict_input(self, X, self.num_workers)
+        return Feeder(source, self._scaling, self.heads_[0].weight.device)
 
     def predict(self, X):
         """Cluster of each sample: the argmax of the first head.
 
         Parameters
         ----------
-        X : array-like, DataFrame or torch.Tensor
+        X : array-like, memory map, DataFrame, torch.Tensor or torch Dataset
             Samples shaped like the training data.
 
         Returns
@@ -340,14 +342,14 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         labels : ndarray of shape (n_samples,), int64
             Cluster index in ``[0, n_clusters)``.
         """
-        return first_head_logits(vars(self), self._inference_input(X)).argmax(1).cpu().numpy()
+        return first_head_labels(vars(self), self._inference_input(X)).cpu().numpy()
 
     def predict_proba(self, X):
         """Probability of each cluster under the first head (softmax of its logits).
 
         Parameters
         ----------
-        X : array-like, DataFrame or torch.Tensor
+        X : array-like, memory map, DataFrame, torch.Tensor or torch Dataset
             Samples shaped like the training data.
 
         Returns
@@ -384,7 +386,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
         Parameters
         ----------
-        X : array-like, DataFrame or torch.Tensor
+        X : array-like, memory map, DataFrame, torch.Tensor or torch Dataset
             Samples shaped like the training data.
 
         Returns
@@ -392,8 +394,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         features : ndarray of shape (n_samples, n_features_out), float32
             Use it as input of a linear probe or any other estimator.
         """
-        X_t = self._inference_input(X)
-        return represent(self.backbone_, X_t, self._n_features_out).cpu().numpy()
+        feeder = self._inference_input(X)
+        return represent(self.backbone_, feeder, self._n_features_out).cpu().numpy()
 
     def score(self, X, y=None):
         r"""Negative SeLa objective on ``X``: higher is better.
@@ -408,7 +410,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
         Parameters
         ----------
-        X : array-like, DataFrame or torch.Tensor
+        X : array-like, memory map, DataFrame, torch.Tensor or torch Dataset
             Samples shaped like the training data.
         y : None
             Ignored.

@@ -31,9 +31,10 @@ AUTO_NEIGHBORS = 10
 # Chance that a training input is replaced by a neighbour: always for images (where
 # augmentations add invariance on top), half the time for tables.
 IMAGE_NEIGHBOR_PROB, TABLE_NEIGHBOR_PROB = 1.0, 0.5
-# Diffusion steps grow like sqrt(n) (a lazy random walk spreads over a larger graph more
-# slowly): 20 at 2,000 samples, clipped to [20, 60].
-DIFFUSION_STEPS_AT_2000, MIN_DIFFUSION_STEPS, MAX_DIFFUSION_STEPS = 20.0, 20.0, 60.0
+# Diffusion steps grow like the square root of the mean cluster size m = n / n_clusters
+# (a lazy random walk must spread a label over a cluster, and the farther it walks the
+# more it blurs neighbouring clusters together): 20 steps at m = 200, within [1, 60].
+DIFFUSION_STEPS_AT_200, MIN_DIFFUSION_STEPS, MAX_DIFFUSION_STEPS = 20.0, 1.0, 60.0
 # Images need a few 4 x 4 cells per side for gradient histograms to help; on 8 x 8 digits
 # pixels make the better graph.
 MIN_GRADIENT_SIDE = 16
@@ -98,9 +99,10 @@ def resolve_config(params, n_samples, sample_shape):
     n_neighbors = min(int(_auto(params["n_neighbors"], AUTO_NEIGHBORS)), n_samples - 1)
     neighbor_prob = float(_auto(params["neighbor_prob"],
                                 IMAGE_NEIGHBOR_PROB if is_image else TABLE_NEIGHBOR_PROB))
+    cluster_size = n_samples / params["n_clusters"]
     diffusion_steps = int(_auto(params["diffusion_steps"], round(min(
         MAX_DIFFUSION_STEPS, max(MIN_DIFFUSION_STEPS,
-                                 DIFFUSION_STEPS_AT_2000 * math.sqrt(n_samples / 2000))))))
+                                 DIFFUSION_STEPS_AT_200 * math.sqrt(cluster_size / 200))))))
     features = params["neighbor_features"]
     if isinstance(features, str) and features == "auto":
         features = ("gradients" if is_image and min(sample_shape[1:]) >= MIN_GRADIENT_SIDE

@@ -18,7 +18,7 @@ except ImportError:  # scikit-learn < 1.9 has no callbacks: nothing to support
     class CallbackSupportMixin:
         """Stand-in for scikit-learn >= 1.9's mixin (which adds ``set_callbacks``)."""
 
-HISTORY_COLUMNS = ["epoch", "loss", "label_change", "seconds"]
+HISTORY_COLUMNS = ["epoch", "loss", "label_change", "label_error", "seconds"]
 
 
 def empty_history():
@@ -33,22 +33,29 @@ class EpochRecord:
     epoch: int            # counted over all fits of a warm-started estimator
     loss: float           # mean cross-entropy over steps and heads
     label_change: float   # fraction of labels the latest self-label step changed
+    label_error: float    # its largest marginal error over heads (converged: <= tol)
     seconds: float        # wall time, self-labelling included
 
 
 class FitListener:
     """Base class of listeners: every hook does nothing unless overridden."""
 
-    def on_fit_begin(self, n_epochs):
-        """Training of ``n_epochs`` epochs starts."""
+    def on_fit_begin(self, n_epochs, steps_per_epoch):
+        """Training of ``n_epochs`` epochs of ``steps_per_epoch`` steps starts."""
 
     def on_epoch_begin(self, epoch):
         """Epoch ``epoch`` (1-based, within this fit) starts."""
 
+    def on_batch_end(self, step):
+        """Gradient step ``step`` (counted over the fit) is done (no host sync here)."""
+
+    def on_relabel(self, head, n_heads):
+        """The self-label step starts on head ``head`` (0-based) of ``n_heads``."""
+
     def on_epoch_end(self, record):
         """An epoch ended; return True to ask the trainer to stop after it."""
 
-    def on_label_update(self, label_change, final):
+    def on_label_update(self, label_change, label_error, final):
         """The self-labels were recomputed (``final``: the step after training)."""
 
     def on_fit_end(self, status):
@@ -62,13 +69,21 @@ class EventStream:
     def __init__(self, listeners):
         self.listeners = list(listeners)
 
-    def fit_begin(self, n_epochs):
+    def fit_begin(self, n_epochs, steps_per_epoch):
         for listener in self.listeners:
-            listener.on_fit_begin(n_epochs)
+            listener.on_fit_begin(n_epochs, steps_per_epoch)
 
     def epoch_begin(self, epoch):
         for listener in self.listeners:
             listener.on_epoch_begin(epoch)
+
+    def batch_end(self, step):
+        for listener in self.listeners:
+            listener.on_batch_end(step)
+
+    def relabel(self, head, n_heads):
+        for listener in self.listeners:
+            listener.on_relabel(head, n_heads)
 
     def epoch_end(self, record):
         """Returns whether a listener asked to stop."""
@@ -77,9 +92,9 @@ class EventStream:
             stop |= bool(listener.on_epoch_end(record))
         return stop
 
-    def label_update(self, label_change, final=False):
+    def label_update(self, label_change, label_error, final=False):
         for listener in self.listeners:
-            listener.on_label_update(label_change, final)
+            listener.on_label_update(label_change, label_error, final)
 
     def fit_end(self, status):
         for listener in self.listeners:
@@ -95,13 +110,14 @@ class HistoryRecorder(FitListener):
     def on_epoch_end(self, record):
         self.records.append(record)
 
-    def on_label_update(self, label_change, final):
+    def on_label_update(self, label_change, label_error, final):
         if final and self.records:
             self.records[-1].label_change = label_change
+            self.records[-1].label_error = label_error
 
     def frame(self, previous):
         """``history_``: the rows of earlier fits (warm start), then this fit's."""
-        new = pd.DataFrame([[r.epoch, r.loss, r.label_change, r.seconds]
+        new = pd.DataFrame([[r.epoch, r.loss, r.label_change, r.label_error, r.seconds]
                             for r in self.records], columns=HISTORY_COLUMNS)
         if len(previous) == 0:
             return new
@@ -124,7 +140,7 @@ class SklearnCallbacks(FitListener):
     def supported(estimator):
         return hasattr(estimator, "_init_callback_context")
 
-    def on_fit_begin(self, n_epochs):
+    def on_fit_begin(self, n_epochs, steps_per_epoch):
         self.root = self.estimator._init_callback_context(max_subtasks=n_epochs)
         self.root.call_on_fit_task_begin(estimator=self.estimator, X=self.X, y=self.y)
 
@@ -144,3 +160,14 @@ class SklearnCallbacks(FitListener):
             self.task.call_on_fit_task_end(estimator=self.estimator, X=self.X, y=self.y)
         self.root.call_on_fit_task_end(estimator=self.estimator, X=self.X, y=self.y,
                                        reconstruction_attributes=self.snapshot)
+
+
+def fit_events(estimator, history, X, y, snapshot):
+    """The event stream of one fit: its history, the ``verbose`` progress bar and, with
+    scikit-learn >= 1.9, the estimator's scikit-learn callbacks."""
+    from ._progress import ProgressReporter     # it listens to this module's events
+
+    listeners = [history] + ([ProgressReporter()] if estimator.verbose else [])
+    if SklearnCallbacks.supported(estimator):
+        listeners.append(SklearnCallbacks(estimator, X, y, snapshot))
+    return EventStream(listeners)

@@ -4,54 +4,77 @@ Every batch has exactly :data:`INFERENCE_BATCH` rows (the last one zero-padded):
 matrix kernels round differently for different batch sizes, and a fixed size makes a
 sample's output independent of what else is predicted with it (``predict(X)[i]`` equals
 ``predict(X[i:i+1])``, and the self-label step sees the same logits as ``predict``).
+Samples come from a :class:`~skselflabel._source.Feeder`, one batch at a time.
 """
 import torch
+
+from ._interrupt import check_interrupt
 
 INFERENCE_BATCH = 256
 
 
+def slices(tensor, batch_size=INFERENCE_BATCH):
+    """The rows of ``tensor`` in consecutive batches of ``batch_size``."""
+    return (tensor[s:s + batch_size] for s in range(0, tensor.shape[0], batch_size))
+
+
 @torch.no_grad()
-def map_padded(fn, X, width, out=None, batch_size=INFERENCE_BATCH):
-    """``fn`` over the rows of ``X`` in padded batches of ``batch_size``, into ``out``.
+def map_padded(fn, batches, n, width, out=None, device=None, batch_size=INFERENCE_BATCH):
+    """``fn`` over consecutive batches of ``batch_size`` rows (the last zero-padded).
 
     Parameters
     ----------
     fn : callable
         Maps a ``(batch_size, ...)`` tensor to ``(batch_size, width)``.
-    X : torch.Tensor of shape (n, ...)
-        The inputs, on the device where ``fn`` runs.
-    width : int
-        Columns of the output.
+    batches : iterable of torch.Tensor
+        The ``n`` input rows in order, ``batch_size`` per batch but the last.
+    n, width : int
+        Rows and columns of the output.
     out : torch.Tensor of shape (n, width), default=None
-        Where to write (a reused buffer); a new float32 tensor on ``X``'s device if None.
+        Where to write (a reused buffer); a new float32 tensor on ``device`` if None.
+    device : torch.device, default=None
+        Device of a new ``out`` (that of the first batch if None).
     """
-    n = X.shape[0]
-    if out is None:
-        out = torch.empty((n, width), device=X.device)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        batch = X[start:stop]
-        if stop - start < batch_size:
-            batch = torch.cat([batch, batch.new_zeros((batch_size - (stop - start),
-                                                       *batch.shape[1:]))])
-        out[start:stop] = fn(batch)[: stop - start]
+    start = 0
+    for batch in batches:
+        check_interrupt()               # a Ctrl-C during fit stops here, not after the pass
+        if out is None:
+            out = torch.empty((n, width), device=device or batch.device)
+        rows = batch.shape[0]
+        if rows < batch_size:
+            batch = torch.cat([batch, batch.new_zeros((batch_size - rows, *batch.shape[1:]))])
+        out[start:start + rows] = fn(batch)[:rows]
+        start += rows
     return out
 
 
-def embed(backbone, X, width, out=None):
-    """The backbone's output (the heads' input) for every row of ``X``."""
-    return map_padded(backbone, X, width, out=out)
+def embed(backbone, feeder, width, out=None):
+    """The backbone's output (the heads' input) for every sample of ``feeder``."""
+    return map_padded(backbone, feeder.sequential(INFERENCE_BATCH), feeder.n_samples, width,
+                      out=out, device=feeder.device)
 
 
-def represent(backbone, X, width):
+def represent(backbone, feeder, width):
     """The representation :meth:`SelfLabelClusterer.transform` returns: the backbone's
     ``represent(x)`` when it defines one, else its output."""
     run = backbone.represent if callable(getattr(backbone, "represent", None)) else backbone
-    return map_padded(run, X, width)
+    return map_padded(run, feeder.sequential(INFERENCE_BATCH), feeder.n_samples, width,
+                      device=feeder.device)
 
 
-def head_logits(backbone, head, X, width):
-    """Logits of one head for every row of ``X`` (features first, then the head, both in
-    padded batches so that each row's logits do not depend on the other rows)."""
-    features = embed(backbone, X, width)
-    return map_padded(head, features, head.out_features)
+def head_labels(backbone, head, feeder, width):
+    """The argmax of one head for every sample, batch by batch: memory for the labels only
+    (no ``(n_samples, n_clusters)`` logits), the same labels as ``head_logits(...).argmax(1)``."""
+    features = embed(backbone, feeder, width)
+    labels = torch.empty(features.shape[0], dtype=torch.int64, device=features.device)
+    for start, batch in zip(range(0, features.shape[0], INFERENCE_BATCH), slices(features)):
+        logits = map_padded(head, [batch], batch.shape[0], head.out_features)
+        labels[start:start + batch.shape[0]] = logits.argmax(1)
+    return labels
+
+
+def head_logits(backbone, head, feeder, width):
+    """Logits of one head for every sample (features first, then the head, both in padded
+    batches so that each sample's logits do not depend on the other samples)."""
+    features = embed(backbone, feeder, width)
+    return map_padded(head, slices(features), features.shape[0], head.out_features)

@@ -2,7 +2,9 @@
 
 Checking never changes the estimator: for ``fit`` it runs scikit-learn's ``validate_data``
 on a shallow stand-in, so that ``n_features_in_`` and ``feature_names_in_`` are only set
-when the fit commits (:class:`CheckedInput` carries them there).
+when the fit commits (:class:`CheckedInput` carries them there). Checking never copies an
+array either: it keeps its dtype (uint8 images stay uint8) and a memory map stays one;
+:mod:`skselflabel._source` reads it batch by batch.
 """
 import copy
 from dataclasses import dataclass
@@ -11,25 +13,28 @@ import numpy as np
 import torch
 from sklearn.utils.validation import validate_data
 
+from ._source import as_source
+
 
 @dataclass(frozen=True)
 class CheckedInput:
     """A validated training set and what ``fit`` learns from its form."""
 
-    X: np.ndarray                 # float32, (n, d) or (n, c, h, w)
+    source: object                # ArraySource or DatasetSource
     n_features_in: int
     feature_names_in: object      # ndarray of str, or None
     sample_shape: tuple
 
     @property
     def n_samples(self):
-        return self.X.shape[0]
+        return self.source.n_samples
 
 
 def _as_array_or_frame(X):
     if isinstance(X, torch.Tensor):
-        # numpy cannot read GPU tensors or tensors that require grad.
-        X = X.detach().cpu().numpy()
+        # numpy cannot read GPU tensors, tensors that require grad, or bfloat16.
+        X = X.detach().cpu()
+        X = (X.float() if X.dtype == torch.bfloat16 else X).numpy()
     if getattr(X, "ndim", None) == 3:
         # Gray images (n, h, w) become (n, 1, h, w) before validation, so that
         # n_features_in_ counts channels whichever of the two forms is passed.
@@ -47,28 +52,50 @@ def _check_ndim(X):
     return X
 
 
-def check_fit_input(estimator, X):
-    """Validate training data into a :class:`CheckedInput`; ``estimator`` is not changed."""
+def _dataset_input(X, num_workers, min_samples):
+    source = as_source(X, num_workers)
+    if source.n_samples < min_samples:
+        raise ValueError(f"The dataset has {source.n_samples} sample(s); at least "
+                         f"{min_samples} are required.")
+    if len(source.sample_shape) not in (1, 3):
+        raise ValueError("Dataset items must be vectors (n_features,) or images (h, w) or "
+                         f"(channels, h, w); got items of shape {source.sample_shape}.")
+    return source
+
+
+def check_fit_input(estimator, X, num_workers=0):
+    """Validate training data into a :class:`CheckedInput`; ``estimator`` is not changed.
+
+    ``X`` is an array-like, DataFrame, tensor or a torch ``Dataset``; arrays keep their
+    dtype and memory (no float32 copy is made).
+    """
+    if isinstance(X, torch.utils.data.Dataset):
+        source = _dataset_input(X, num_workers, min_samples=2)
+        return CheckedInput(source=source, n_features_in=source.sample_shape[0],
+                            feature_names_in=None, sample_shape=source.sample_shape)
     stand_in = copy.copy(estimator)
-    X = validate_data(stand_in, _as_array_or_frame(X), reset=True, dtype=np.float32,
+    X = validate_data(stand_in, _as_array_or_frame(X), reset=True, dtype="numeric",
                       allow_nd=True, ensure_min_samples=2)
-    _check_ndim(X)
-    return CheckedInput(X=X, n_features_in=stand_in.n_features_in_,
+    return CheckedInput(source=as_source(_check_ndim(X)),
+                        n_features_in=stand_in.n_features_in_,
                         feature_names_in=getattr(stand_in, "feature_names_in_", None),
                         sample_shape=tuple(X.shape[1:]))
 
 
-def check_predict_input(estimator, X):
-    """Validate data for a fitted estimator: same features and the same sample shape."""
-    X = validate_data(estimator, _as_array_or_frame(X), reset=False, dtype=np.float32,
-                      allow_nd=True, ensure_min_samples=1)
-    _check_ndim(X)
-    if tuple(X.shape[1:]) != estimator._sample_shape:
+def check_predict_input(estimator, X, num_workers=0):
+    """A source of data for a fitted estimator: same features and the same sample shape."""
+    if isinstance(X, torch.utils.data.Dataset):
+        source = _dataset_input(X, num_workers, min_samples=1)
+    else:
+        X = validate_data(estimator, _as_array_or_frame(X), reset=False, dtype="numeric",
+                          allow_nd=True, ensure_min_samples=1)
+        source = as_source(_check_ndim(X))
+    if source.sample_shape != estimator._sample_shape:
         raise ValueError(
-            f"X has samples of shape {tuple(X.shape[1:])}, but {type(estimator).__name__} "
+            f"X has samples of shape {source.sample_shape}, but {type(estimator).__name__} "
             f"was fitted on samples of shape {estimator._sample_shape}."
         )
-    return X
+    return source
 
 
 class InputScaling:
@@ -82,25 +109,54 @@ class InputScaling:
     def __init__(self, mean, scale):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.scale = np.asarray(scale, dtype=np.float32)
+        self._on = {}
 
     @classmethod
-    def fit(cls, X):
-        if X.ndim == 2:
-            mean = X.mean(0, dtype=np.float64)
-            scale = np.sqrt(X.var(0, dtype=np.float64).mean())
+    def fit(cls, source):
+        """Statistics of a source, in one pass of float64 accumulators (no copy of X)."""
+        image = len(source.sample_shape) == 3
+        mean, var = _moments(source.raw_sequential(), (0, 2, 3) if image else (0,))
+        mean, var = mean.numpy(), var.numpy()
+        if image:
+            mean, scale = mean[:, None, None], np.sqrt(var)[:, None, None]
         else:
-            mean = X.mean((0, 2, 3), dtype=np.float64)[:, None, None]
-            scale = X.std((0, 2, 3), dtype=np.float64)[:, None, None]
+            scale = np.sqrt(var.mean())
         scale = np.where(np.asarray(scale) > 0, scale, 1.0)
         return cls(mean, scale)
 
-    def to_tensor(self, X, device):
-        """The scaled float32 tensor of a validated array, on ``device``."""
-        t = torch.from_numpy(np.require(X, dtype=np.float32, requirements=["C", "W"]))
-        t = t.to(device, non_blocking=True)
-        mean = torch.as_tensor(self.mean, device=device)
-        scale = torch.as_tensor(self.scale, device=device)
+    def apply(self, t):
+        """``(t - mean) / scale`` for a float32 batch on any device."""
+        if t.device not in self._on:
+            self._on[t.device] = (torch.as_tensor(self.mean, device=t.device),
+                                  torch.as_tensor(self.scale, device=t.device))
+        mean, scale = self._on[t.device]
         return (t - mean) / scale
+
+    def __getstate__(self):
+        return {"mean": self.mean, "scale": self.scale}
+
+    def __setstate__(self, state):
+        self.__init__(state["mean"], state["scale"])
+
+
+def _moments(batches, dims):
+    """Mean and (population) variance over ``dims`` of a stream of batches, merged batch
+    by batch in float64 (Chan et al.'s pairwise update, stable for any number of rows)."""
+    count, mean, m2 = 0, None, None
+    for batch in batches:
+        b = batch.to(torch.float64)
+        n = b.numel() // int(np.prod([b.shape[d] for d in range(b.ndim) if d not in dims]))
+        b_mean = b.mean(dims)
+        keep = [1 if d in dims else b.shape[d] for d in range(b.ndim)]
+        b_m2 = ((b - b_mean.view(keep)) ** 2).sum(dims)
+        if mean is None:
+            count, mean, m2 = n, b_mean, b_m2
+            continue
+        delta, total = b_mean - mean, count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + b_m2 + delta ** 2 * (count * n / total)
+        count = total
+    return mean, m2 / count
 
 
 def training_device(device):

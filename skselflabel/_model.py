@@ -12,13 +12,14 @@ import torch
 from ._assigner import SinkhornAssigner
 from ._backbones import build_network
 from ._events import empty_history
-from ._inference import head_logits
+from ._inference import head_labels, head_logits
 from ._inputs import InputScaling, inference_device
 from ._sinkhorn import check_prior
 
 # The default self-label step: SeLa's CIFAR temperature; labels are an argmax, so a
 # marginal error of 1% leaves them balanced.
 DEFAULT_LAM, DEFAULT_TOL = 10.0, 1e-2
+DEFAULT_ROUNDING = 0.5
 # Everything fit sets: replaced together when a fit commits, never one by one.
 FITTED = ("labels_", "self_labels_", "n_iter_", "history_", "backbone_", "heads_",
           "n_features_in_", "feature_names_in_", "_sample_shape", "_scaling", "_device",
@@ -29,7 +30,7 @@ STATE_VERSION = 2
 
 def default_assigner():
     """The assignment step used when ``assigner=None``."""
-    return SinkhornAssigner(lam=DEFAULT_LAM, tol=DEFAULT_TOL)
+    return SinkhornAssigner(lam=DEFAULT_LAM, tol=DEFAULT_TOL, size_tolerance=DEFAULT_ROUNDING)
 
 
 def checked_assigner(assigner, n_clusters):
@@ -58,7 +59,7 @@ def initial_model(estimator, data, generator, device):
             estimator.backbone, data.sample_shape, estimator.n_clusters, estimator.n_heads,
             generator)
         model = {"backbone_": backbone, "heads_": heads, "_head_width": width,
-                 "_n_features_out": n_out, "_scaling": InputScaling.fit(data.X),
+                 "_n_features_out": n_out, "_scaling": InputScaling.fit(data.source),
                  "history_": empty_history()}
     model["backbone_"].to(device)
     model["heads_"].to(device)
@@ -78,18 +79,23 @@ def data_attributes(data):
     return dict(n_features_in_=data.n_features_in, _sample_shape=data.sample_shape, **names)
 
 
-def first_head_logits(model, X_t):
-    """Logits of the first head (the one behind ``predict``) for a prepared tensor."""
-    return head_logits(model["backbone_"], model["heads_"][0], X_t, model["_head_width"])
+def first_head_logits(model, feeder):
+    """Logits of the first head (the one behind ``predict``) for the feeder's samples."""
+    return head_logits(model["backbone_"], model["heads_"][0], feeder, model["_head_width"])
 
 
-def snapshot(model, data, X_t):
+def first_head_labels(model, feeder):
+    """Labels of the first head (``predict``) for the feeder's samples."""
+    return head_labels(model["backbone_"], model["heads_"][0], feeder, model["_head_width"])
+
+
+def snapshot(model, data, feeder):
     """Fitted attributes of the network as it stands mid-fit (copies), for the fitted
     estimators that scikit-learn callbacks may ask for."""
-    snap = dict(model, **data_attributes(data), _device=str(X_t.device))
+    snap = dict(model, **data_attributes(data), _device=str(feeder.device))
     for name in ("backbone_", "heads_"):
         snap[name] = copy.deepcopy(model[name]).eval()
-    snap["labels_"] = first_head_logits(snap, X_t).argmax(1).cpu().numpy()
+    snap["labels_"] = first_head_labels(snap, feeder).cpu().numpy()
     return snap
 
 

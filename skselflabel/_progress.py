@@ -9,56 +9,79 @@ from ._events import FitListener
 
 
 class _LineProgress:
-    """Fallback that prints one line per reported epoch."""
+    """Fallback that prints one line per epoch."""
 
-    def __init__(self, total, desc):
-        self.total, self.desc = total, desc
+    def __init__(self, n_epochs, desc):
+        self.n_epochs, self.desc = n_epochs, desc
 
-    def update(self, epoch, stats):
-        fields = "  ".join(f"{k}={v}" for k, v in stats.items())
-        print(f"{self.desc} epoch {epoch}/{self.total}  {fields}", file=sys.stdout, flush=True)
+    def step(self, step):
+        pass
+
+    def note(self, stats):
+        pass
+
+    def epoch(self, epoch, stats):
+        fields = "  ".join(f"{k}={v}" for k, v in stats.items() if k != "epoch")
+        print(f"{self.desc} epoch {epoch}/{self.n_epochs}  {fields}", file=sys.stdout,
+              flush=True)
 
     def close(self):
         pass
 
 
 class _TqdmProgress:
+    """A tqdm bar over gradient steps; tqdm itself limits how often it redraws."""
+
     def __init__(self, bar):
         self.bar = bar
 
-    def update(self, epoch, stats):
-        self.bar.set_postfix(stats, refresh=False)
-        self.bar.update(epoch - self.bar.n)
+    def step(self, step):
+        self.bar.update(step - self.bar.n)
+
+    def note(self, stats):
+        self.bar.set_postfix(stats)
+
+    def epoch(self, epoch, stats):
+        self.bar.set_postfix(stats)
 
     def close(self):
         self.bar.close()
 
 
-def make_progress(total, desc="SelfLabelClusterer"):
-    """An object with ``update(epoch, stats_dict)`` and ``close()``: a tqdm bar
-    (``tqdm.auto``) when tqdm is importable, else plain lines on stdout."""
+def make_progress(n_epochs, steps_per_epoch, desc="SelfLabelClusterer"):
+    """A tqdm bar (``tqdm.auto``: widgets in Jupyter, text in a terminal) when tqdm is
+    importable, else plain lines on stdout."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return _LineProgress(total, desc)
-    return _TqdmProgress(tqdm(total=total, desc=desc, unit="epoch", leave=True))
+        return _LineProgress(n_epochs, desc)
+    return _TqdmProgress(tqdm(total=n_epochs * steps_per_epoch, desc=desc, unit="batch",
+                              leave=True))
 
 
 class ProgressReporter(FitListener):
-    """The ``verbose=1`` listener: one bar step per epoch, with the loss and label change."""
+    """The ``verbose=1`` listener: a bar over all gradient steps that moves with every
+    batch, shows the epoch's loss and label change, and names the head being self-labelled
+    during self-label steps (a tqdm bar; without tqdm, one line per epoch)."""
 
     def __init__(self, desc="SelfLabelClusterer"):
         self.desc = desc
         self.progress = None
-        self.epochs_done = 0
+        self.stats = {}
 
-    def on_fit_begin(self, n_epochs):
-        self.progress = make_progress(n_epochs, self.desc)
+    def on_fit_begin(self, n_epochs, steps_per_epoch):
+        self.progress = make_progress(n_epochs, steps_per_epoch, self.desc)
+
+    def on_batch_end(self, step):
+        self.progress.step(step)
+
+    def on_relabel(self, head, n_heads):
+        self.progress.note({**self.stats, "self-labelling": f"head {head + 1}/{n_heads}"})
 
     def on_epoch_end(self, record):
-        self.epochs_done += 1
-        self.progress.update(self.epochs_done, {"loss": f"{record.loss:.4f}",
-                                                "change": f"{record.label_change:.3f}"})
+        self.stats = {"epoch": record.epoch, "loss": f"{record.loss:.4f}",
+                      "change": f"{record.label_change:.3f}"}
+        self.progress.epoch(record.epoch, self.stats)
 
     def on_fit_end(self, status):
         self.progress.close()

@@ -20,6 +20,7 @@ import warnings
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from ._interrupt import check_interrupt
 from ._threads import limit_own_threads
 
 try:    # the optional compiled sweep (setup.py); the pure-torch sweep gives the same results
@@ -267,6 +268,7 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     check_every = 1 if W.device.type == "cpu" else 10
     it = 0
     while True:
+        check_interrupt()     # a Ctrl-C during a fit stops between iterations
         v = log_v.exp().to(W.dtype)
         acc = torch.stack(problem.rows.map(_sweep_fn(W, v, u, problem.r))).sum(0)
         if problem.reduce_fn is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ._scaling import Problem, Rows, anneal, block_rows, finish, make_kernel, scaling_loop
+from ._rounding import check_tolerance, round_to_sizes, size_bounds
 from ._threads import own_threads
 
 __all__ = ["SinkhornResult", "sinkhorn_knopp"]
@@ -54,7 +55,8 @@ class SinkhornResult:
     Attributes
     ----------
     labels : ndarray of shape (n_samples,), dtype int64
-        ``argmax_k Q_ik``, the balanced hard assignment.
+        The hard assignment: ``argmax_k Q_ik``, or with ``size_tolerance`` the argmax
+        moved into the allowed cluster sizes.
     log_u : ndarray of shape (n_samples,), dtype float64
         Row log-scalings: ``Q_ik = exp(lam * scores_ik + log_u_i + log_v_k)``.
     log_v : ndarray of shape (n_clusters,), dtype float64
@@ -79,7 +81,7 @@ class SinkhornResult:
 
 
 def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
-                   init_log_v=None, reduce_fn=None, n_total=None):
+                   init_log_v=None, reduce_fn=None, n_total=None, size_tolerance=None):
     r"""Balanced soft assignment of samples to clusters by Sinkhorn-Knopp (SeLa's label step).
 
     Solves the entropy-regularised optimal transport problem
@@ -147,6 +149,13 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     n_total : int, default=None
         Number of rows over all processes (row mass ``1 / n_total``); defaults to
         ``n_samples``.
+    size_tolerance : float >= 0 or None, default=None
+        None: the hard ``labels`` are the plan's row-wise argmax, whose cluster sizes match
+        ``prior`` only while the plan is nearly deterministic. A number: every cluster
+        gets between ``(1 - size_tolerance)`` and ``(1 + size_tolerance)`` times its share
+        ``n_samples * prior_k``, moving as few samples off their argmax as needed, chosen
+        by the plan's confidence :math:`Q_{ik} / \sum_j Q_{ij}` (0: exactly the shares,
+        rounded; 1 or more: no lower bound). Not available with ``reduce_fn``.
 
     Returns
     -------
@@ -216,14 +225,15 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     array([302, 143, 155])
     """
     res = solve(scores, lam=lam, prior=prior, tol=tol, max_iter=max_iter, copy=copy,
-                init_log_v=init_log_v, reduce_fn=reduce_fn, n_total=n_total)
+                init_log_v=init_log_v, reduce_fn=reduce_fn, n_total=n_total,
+                size_tolerance=size_tolerance)
     res.labels, res.log_u, res.log_v = (t.cpu().numpy() for t in (res.labels, res.log_u,
                                                                    res.log_v))
     return res
 
 
 def solve(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
-          init_log_v=None, reduce_fn=None, n_total=None):
+          init_log_v=None, reduce_fn=None, n_total=None, size_tolerance=None):
     """:func:`sinkhorn_knopp` with its arrays as tensors on the device of ``scores``.
 
     The tensor-level entry point for callers that stay on the device (the self-label step,
@@ -231,6 +241,10 @@ def solve(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
     Returns a :class:`SinkhornResult` whose ``labels``, ``log_u`` and ``log_v`` are tensors.
     """
     lam = _check_lam(lam)
+    size_tolerance = check_tolerance(size_tolerance)
+    if size_tolerance is not None and reduce_fn is not None:
+        raise ValueError("size_tolerance needs all rows in one process; leave it None "
+                         "with reduce_fn.")
     if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
     if not tol >= 0:
@@ -247,8 +261,12 @@ def solve(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
         problem = Problem(lam=lam, log_p=log_p, r=1.0 / n_total, tol=float(tol), rows=rows,
                           reduce_fn=reduce_fn)
         try:
-            sol = _solve_blocks(problem, src, int(max_iter), copy or not writeable,
-                                init_log_v, dtype)
+            res, row_max = _solve_blocks(problem, src, int(max_iter), copy or not writeable,
+                                         init_log_v, dtype)
+            sol = finish(problem, res, row_max, int(max_iter))
+            if size_tolerance is not None:
+                sol.labels = round_to_sizes(res.W, res.log_v.exp().to(res.W.dtype), sol.labels,
+                                            size_bounds(log_p.exp(), N, size_tolerance), rows)
         finally:
             rows.close()
     return SinkhornResult(labels=sol.labels, log_u=sol.log_u, log_v=sol.log_v,
@@ -417,7 +435,7 @@ def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
         if whole is not None:
             res, n_iter = whole
             res.n_iter = n_iter
-            return finish(problem, res, row_max, max_iter)
+            return res, row_max
 
     # The full matrix becomes its stabilised kernel: in place when allowed.
     in_place = not copy and src.dtype == dtype and src.is_contiguous()
@@ -434,4 +452,4 @@ def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
         done = res.n_iter
         _, res, more = anneal(problem, src, W, max_iter - done, row_max=row_max)
         res.n_iter = done + more
-    return finish(problem, res, row_max, max_iter)
+    return res, row_max

@@ -8,14 +8,13 @@ and leaves the modules as trained so far (:class:`TrainOutcome` says where it st
 """
 from dataclasses import dataclass
 import math
-import signal
-import threading
 import time
 
 import torch
 import torch.nn.functional as F
 
 from ._events import EpochRecord
+from ._interrupt import InterruptFlag, check_interrupt
 from ._schedule import label_update_steps
 
 
@@ -36,36 +35,6 @@ def cosine_schedule(optimizer, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-
-
-class InterruptFlag:
-    """Turns the first Ctrl-C during training into a flag checked after each batch.
-
-    Only the main thread can install signal handlers; elsewhere a KeyboardInterrupt is
-    caught where it lands instead. A second Ctrl-C raises at once.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._handle)
-            except ValueError:  # e.g. embedded interpreters without signal support
-                self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
 
 
 @dataclass
@@ -94,8 +63,10 @@ class Trainer:
         The self-label step.
     graph : NeighborGraph or None
         Source of neighbour views.
-    generator : torch.Generator
-        Source of every random choice of training, on the training device.
+    generators : tuple of torch.Generator
+        Sources of the random choices of training: the order of samples and their
+        neighbour views (on the index device of the data), and augmentation (on the
+        training device).
     events : EventStream
         Where progress is reported.
     first_epoch : int, default=1
@@ -103,76 +74,97 @@ class Trainer:
     """
 
     def __init__(self, backbone, heads, width, config, optimizer, labeller, graph,
-                 generator, events, first_epoch=1):
+                 generators, events, first_epoch=1):
         self.backbone, self.heads, self.width = backbone, heads, width
         self.config, self.optimizer, self.labeller = config, optimizer, labeller
-        self.graph, self.generator, self.events = graph, generator, events
+        self.graph, self.events = graph, events
+        self.view_generator, self.augment_generator = generators
         self.first_epoch = first_epoch
         self.scheduler = cosine_schedule(optimizer, config.total_steps)
         self.update_at = set(label_update_steps(config.n_label_updates,
                                                 config.total_steps).tolist())
-        self.step = self.batch = 0
+        self.step = self.batch = self.epoch = 0
         self.label_change = torch.tensor(float("nan"), dtype=torch.float64)
+        self.loss_sum, self.epoch_steps, self.epoch_start = None, 0, 0.0
 
-    def _relabel(self, X_t, labels, final=False):
-        self.label_change = self.labeller.relabel_(self.backbone, self.heads, self.width,
-                                                   X_t, labels)
+    def _relabel(self, feeder, labels, final=False):
+        self.label_change = self.labeller.relabel_(
+            self.backbone, self.heads, self.width, feeder, labels, self.events,
+            progress=1.0 if final else self.step / self.config.total_steps)
         if final:
-            self.events.label_update(float(self.label_change), final=True)
+            self.events.label_update(float(self.label_change), self.labeller.last_error,
+                                     final=True)
 
-    def run(self, X_t, labels):
-        """Train over ``X_t`` with the self-labels ``labels`` (updated in place)."""
+    def run(self, feeder, labels):
+        """Train on the samples of ``feeder`` with the self-labels ``labels`` (updated in
+        place)."""
         cfg = self.config
-        epoch = 0
         interrupted, status = None, "failed"
-        self.events.fit_begin(cfg.max_epochs)
+        self.events.fit_begin(cfg.max_epochs, cfg.steps_per_epoch)
         try:
-            with InterruptFlag() as stop:
-                for epoch in range(1, cfg.max_epochs + 1):
-                    tic = time.perf_counter()
-                    self.events.epoch_begin(epoch)
-                    loss_sum = torch.zeros((), device=X_t.device)
-                    for _ in self._batches(X_t, labels, loss_sum):
-                        if stop.requested:
-                            raise KeyboardInterrupt
-                    # One host sync per epoch.
-                    record = EpochRecord(self.first_epoch + epoch - 1,
-                                         loss_sum.item() / cfg.steps_per_epoch,
-                                         float(self.label_change),
-                                         time.perf_counter() - tic)
-                    if self.events.epoch_end(record):
+            with InterruptFlag():
+                for self.epoch in range(1, cfg.max_epochs + 1):
+                    self._start_epoch(feeder.device)
+                    for _ in self._batches(feeder, labels):
+                        check_interrupt()
+                    if self._end_epoch():
                         break
                 # A last self-label step so that the self-labels match the final network.
-                self._relabel(X_t, labels, final=True)
+                self._relabel(feeder, labels, final=True)
             status = "done"
         except KeyboardInterrupt:
-            interrupted, status = (epoch, self.batch, cfg.steps_per_epoch), "interrupted"
+            interrupted, status = (self.epoch, self.batch, cfg.steps_per_epoch), "interrupted"
+            if self.loss_sum is not None:
+                self._end_epoch()           # the partial epoch: history_ matches n_iter_
         finally:
             self.backbone.eval()
             self.heads.eval()
             self.events.fit_end(status)
-        return TrainOutcome(epochs=epoch, interrupted=interrupted)
+        return TrainOutcome(epochs=self.epoch, interrupted=interrupted)
 
-    def _batches(self, X_t, labels, loss_sum):
+    def _start_epoch(self, device):
+        self.epoch_start = time.perf_counter()
+        self.loss_sum, self.epoch_steps = torch.zeros((), device=device), 0
+        self.events.epoch_begin(self.epoch)
+
+    def _end_epoch(self):
+        """Report the epoch (one host sync); returns whether a listener asks to stop."""
+        loss = self.loss_sum.item() / self.epoch_steps if self.epoch_steps else float("nan")
+        record = EpochRecord(self.first_epoch + self.epoch - 1, loss,
+                             float(self.label_change), self.labeller.last_error,
+                             time.perf_counter() - self.epoch_start)
+        self.loss_sum = None
+        return self.events.epoch_end(record)
+
+    def _epoch_indices(self, device):
+        """The samples of each batch of an epoch, and the inputs that stand for them
+        (neighbour views), drawn before the epoch so that a DataLoader can prefetch."""
+        cfg, gen = self.config, self.view_generator
+        order = torch.randperm(cfg.n_samples, generator=gen, device=device)
+        targets = [order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                   for b in range(cfg.steps_per_epoch)]
+        if self.graph is None:
+            return targets, targets
+        return targets, [self.graph.views(idx, cfg.neighbor_prob, gen) for idx in targets]
+
+    def _batches(self, feeder, labels):
         """One epoch of gradient steps; yields the batch number after each step."""
-        cfg, gen = self.config, self.generator
+        cfg = self.config
         self.backbone.train()
         self.heads.train()
-        order = torch.randperm(cfg.n_samples, generator=gen, device=X_t.device)
-        for batch in range(1, cfg.steps_per_epoch + 1):
+        targets, inputs = self._epoch_indices(feeder.index_device)
+        for batch, (idx, xb) in enumerate(zip(targets, feeder.batches(inputs)), 1):
             self.batch = batch
             if self.step in self.update_at:
-                self._relabel(X_t, labels)
+                self._relabel(feeder, labels)
                 self.backbone.train()
                 self.heads.train()
-            idx = order[(batch - 1) * cfg.batch_size: batch * cfg.batch_size]
-            source = idx if self.graph is None else self.graph.views(idx, cfg.neighbor_prob,
-                                                                     gen)
-            xb = X_t[source]
             if cfg.augment is not None:
-                xb = cfg.augment(xb, gen)
-            loss_sum += self._step(xb, labels[:, idx])
+                xb = cfg.augment(xb, self.augment_generator)
+            self.loss_sum += self._step(xb, labels[:, idx.to(labels.device)])
             self.step += 1
+            self.epoch_steps += 1
+            self.events.batch_end(self.step)
             yield batch
 
     def _step(self, xb, targets):

@@ -130,3 +130,23 @@ def test_errors():
     est = SinkhornAssigner().fit(np.zeros((4, 3)))
     with pytest.raises(ValueError, match="features"):
         est.predict(np.zeros((4, 2)))
+
+
+def test_size_tolerance_bounds_the_training_labels():
+    # A balanced plan whose argmax is not: 270 rows at q = (0.55, 0.45), 30 at (0.05, 0.95)
+    # have equal column sums, but 270 argmaxes in cluster 0.
+    rng = np.random.default_rng(0)
+    z = np.log(np.array([[0.55, 0.45]] * 270 + [[0.05, 0.95]] * 30, dtype=np.float32))
+    z += rng.normal(scale=1e-3, size=z.shape).astype(np.float32)
+    plain = SinkhornAssigner(lam=1.0, size_tolerance=None).fit(z).labels_
+    assert np.bincount(plain, minlength=2).tolist() == [270, 30]
+    sized = SinkhornAssigner(lam=1.0).fit(z).labels_                 # +-50%: 75..225
+    assert np.bincount(sized, minlength=2).tolist() == [225, 75]
+    # The 30 confident rows keep their cluster; the least sure rows of cluster 0 moved.
+    assert np.all(sized[270:] == 1)
+    exact = SinkhornAssigner(lam=1.0, size_tolerance=0).fit(z).labels_
+    assert np.bincount(exact).tolist() == [150, 150]
+    import torch
+    wide = SinkhornAssigner(lam=1.0).assign_tensor(torch.from_numpy(z),
+                                                   min_size_tolerance=1.0).labels.numpy()
+    np.testing.assert_array_equal(wide, plain)          # [0, 2 x share]: argmax kept

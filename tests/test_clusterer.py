@@ -87,7 +87,9 @@ def test_fitted_attributes(fitted, blobs):
     # Self-labels are balanced: each cluster gets a third of the samples.
     assert np.bincount(fitted.self_labels_[0], minlength=3).min() >= n // 3 - 2
     assert fitted.n_iter_ == 4
-    assert list(fitted.history_.columns) == ["epoch", "loss", "label_change", "seconds"]
+    assert list(fitted.history_.columns) == ["epoch", "loss", "label_change", "label_error",
+                                             "seconds"]
+    assert (fitted.history_["label_error"] <= 1e-2).all()       # every step converged
     assert fitted.history_["epoch"].tolist() == [1, 2, 3, 4]
     assert np.isfinite(fitted.history_[["loss", "label_change"]].to_numpy()).all()
     assert fitted.n_features_in_ == 4
@@ -134,9 +136,9 @@ class _SpyAssigner(SinkhornAssigner):
 
     calls = []
 
-    def assign_tensor(self, scores, *, uniform=False, copy=True):
+    def assign_tensor(self, scores, *, uniform=False, copy=True, **kwargs):
         self.calls.append((scores.data_ptr(), tuple(scores.shape), copy, uniform))
-        return super().assign_tensor(scores, uniform=uniform, copy=copy)
+        return super().assign_tensor(scores, uniform=uniform, copy=copy, **kwargs)
 
 
 def test_heads_are_self_labelled_one_at_a_time_in_one_buffer(blobs):
@@ -361,7 +363,7 @@ def test_ctrl_c_leaves_a_fitted_estimator(blobs, how):
         clu.fit(X)
     assert clu.n_iter_ == 4
     assert clu.backbone_.calls == 10  # training stopped right there
-    assert len(clu.history_) == 3  # complete epochs only
+    assert len(clu.history_) == 4  # three complete epochs and the partial fourth
     np.testing.assert_array_equal(clu.predict(X), clu.labels_)
     # The handler is gone after fit: Ctrl-C behaves normally again.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -443,33 +445,45 @@ def test_neighbor_features_auto_uses_gradients_for_images_of_16_pixels_or_more(m
     big = rng.random((40, 1, 16, 16)).astype(np.float32)
     small = rng.random((40, 1, 8, 8)).astype(np.float32)
     SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0).fit(big)
-    assert seen == [(40, 1, 16, 16)]
+    assert seen and {shape[1:] for shape in seen} == {(1, 16, 16)}
+    assert sum(shape[0] for shape in seen[1:]) == 40    # one pass over the 40 images
+    seen.clear()
     SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0).fit(small)
-    assert seen == [(40, 1, 16, 16)]              # 8x8: pixels
+    assert seen == []                                   # 8x8: pixels
     SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0,
                        neighbor_features="gradients").fit(small)
-    assert seen[-1] == (40, 1, 8, 8)
+    assert {shape[1:] for shape in seen} == {(1, 8, 8)}
 
 
-def test_neighbor_features_callable_builds_the_graph():
+def test_neighbor_features_embedding_builds_the_graph():
     # A space where each class collapses to a point: the graph links only same-class rows,
     # so graph-smoothed self-labels recover the classes of the digits table.
     X, y = load_digits(return_X_y=True)
-    calls = []
-
-    def oracle(X_t):
-        calls.append(tuple(X_t.shape))
-        return torch.nn.functional.one_hot(torch.as_tensor(y), 10).float() * 10
-
+    oracle = np.eye(10, dtype=np.float32)[y] * 10
     est = SelfLabelClusterer(n_clusters=10, max_epochs=10, random_state=0,
                              neighbor_features=oracle).fit(X)
-    assert calls == [X.shape]
     assert cluster_accuracy(y, est.labels_) > 0.97
+    with pytest.raises(ValueError, match=r"shape \(n_samples, n_features\) = \(1797, m\)"):
+        SelfLabelClusterer(n_clusters=10, max_epochs=1, neighbor_features=oracle[:10]).fit(X)
+
+
+def test_neighbor_features_callable_embeds_each_batch():
+    X, y = load_digits(return_X_y=True)
+    calls = []
+
+    def first_pixels(batch):
+        calls.append(tuple(batch.shape))
+        return batch[:, :8]
+
+    SelfLabelClusterer(n_clusters=10, max_epochs=1, random_state=0,
+                       neighbor_features=first_pixels).fit(X)
+    assert calls and all(shape[1] == 64 for shape in calls)
+    assert sum(shape[0] for shape in calls[1:]) == len(X)     # after a 2-sample probe
 
 
 @pytest.mark.parametrize("space, match", [
     ("gradients", "needs images"),
-    (lambda X_t: X_t[:5], r"\(n_samples, n_features\) tensor for 60 samples"),
+    (lambda batch: batch[:1], r"\(n_samples, n_features\) tensor for a batch of 2"),
     (lambda X_t: X_t * float("nan"), "NaN or inf"),
 ])
 def test_neighbor_features_errors(space, match):

@@ -7,6 +7,7 @@ import torch
 from skselflabel import SelfLabelClusterer
 from skselflabel._inputs import (InputScaling, check_fit_input, check_predict_input,
                                  inference_device, training_device)
+from skselflabel._source import ArraySource
 
 
 def test_fit_checks_leave_the_estimator_untouched():
@@ -14,13 +15,15 @@ def test_fit_checks_leave_the_estimator_untouched():
     data = check_fit_input(est, pd.DataFrame(np.ones((3, 2)), columns=["a", "b"]))
     assert not hasattr(est, "n_features_in_") and not hasattr(est, "feature_names_in_")
     assert data.n_features_in == 2 and list(data.feature_names_in) == ["a", "b"]
-    assert data.X.dtype == np.float32 and data.sample_shape == (2,) and data.n_samples == 3
+    assert data.source.X.dtype == np.float64 and data.sample_shape == (2,)
+    assert data.n_samples == 3
 
 
 def test_gray_images_gain_a_channel_and_tensors_are_read():
     images = torch.ones(4, 5, 6, requires_grad=True)
     data = check_fit_input(SelfLabelClusterer(), images)
-    assert data.X.shape == (4, 1, 5, 6) and data.n_features_in == 1
+    assert data.source.X.shape == (4, 1, 5, 6) and data.n_features_in == 1
+    assert data.sample_shape == (1, 5, 6)
 
 
 @pytest.mark.parametrize("X, match", [
@@ -36,7 +39,7 @@ def test_fit_input_errors(X, match):
 def test_predict_input_must_match_the_training_shape():
     est = SelfLabelClusterer()
     est.n_features_in_, est._sample_shape = 1, (1, 8, 8)
-    assert check_predict_input(est, np.zeros((2, 8, 8))).shape == (2, 1, 8, 8)
+    assert check_predict_input(est, np.zeros((2, 8, 8))).sample_shape == (1, 8, 8)
     with pytest.raises(ValueError, match="fitted on samples of shape"):
         check_predict_input(est, np.zeros((2, 9, 8)))
 
@@ -44,13 +47,13 @@ def test_predict_input_must_match_the_training_shape():
 def test_tables_share_one_scale_images_are_standardised_per_channel():
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((500, 2)) * [1.0, 3.0] + [5.0, -2.0]).astype(np.float32)
-    t = InputScaling.fit(X).to_tensor(X, torch.device("cpu"))
+    t = InputScaling.fit(ArraySource(X)).apply(torch.from_numpy(X))
     torch.testing.assert_close(t.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     ratio = float(t[:, 1].std() / t[:, 0].std())
     assert 2.7 < ratio < 3.3                       # the geometry is kept
     assert abs(float((t ** 2).mean()) - 1.0) < 0.05
     images = (rng.random((20, 3, 4, 4)) * [[[1.0]], [[10.0]], [[0.0]]]).astype(np.float32)
-    t = InputScaling.fit(images).to_tensor(images, torch.device("cpu"))
+    t = InputScaling.fit(ArraySource(images)).apply(torch.from_numpy(images))
     std = t.transpose(0, 1).reshape(3, -1).std(1)
     torch.testing.assert_close(std[:2], torch.ones(2), atol=1e-2, rtol=0)
     assert float(t[:, 2].abs().max()) == 0.0       # constant channel: scale 1, no NaN

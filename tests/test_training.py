@@ -1,6 +1,4 @@
 """The trainer: schedule of self-label steps, stopping, interruption."""
-import signal
-
 import numpy as np
 import pytest
 import torch
@@ -8,18 +6,19 @@ from torch import nn
 
 from skselflabel import SelfLabelClusterer
 from skselflabel._config import resolve_config
-from skselflabel._events import EventStream, FitListener
+from skselflabel._events import EventStream, FitListener, HistoryRecorder
 from skselflabel._schedule import label_update_steps
-from skselflabel._training import InterruptFlag, Trainer, cosine_schedule, make_optimizer
+from skselflabel._training import Trainer, cosine_schedule, make_optimizer
+from feeding import feeder_of
 
 
 class _CountingLabeller:
     """Records the gradient step at which each self-label step happens."""
 
     def __init__(self):
-        self.steps, self.trainer = [], None
+        self.steps, self.trainer, self.last_error = [], None, 0.0
 
-    def relabel_(self, backbone, heads, width, X_t, labels):
+    def relabel_(self, backbone, heads, width, feeder, labels, events=None, progress=1.0):
         self.steps.append(self.trainer.step)
         labels.copy_(torch.arange(labels.shape[1]) % 3)
         return torch.tensor(0.25, dtype=torch.float64)
@@ -33,10 +32,11 @@ def _trainer(listeners=(), **params):
     backbone, heads = nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.ModuleList([nn.Linear(8, 3)])
     optimizer = make_optimizer("adam", (backbone, heads), config.lr, 0.9, 0.0)
     labeller = _CountingLabeller()
-    trainer = Trainer(backbone, heads, 8, config, optimizer, labeller, None,
-                      torch.Generator().manual_seed(1), EventStream(listeners))
+    generators = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    trainer = Trainer(backbone, heads, 8, config, optimizer, labeller, None, generators,
+                      EventStream(listeners))
     labeller.trainer = trainer
-    return trainer, labeller, X_t, config
+    return trainer, labeller, feeder_of(X_t), config
 
 
 def test_self_label_steps_follow_the_schedule_then_one_final_step():
@@ -65,9 +65,12 @@ def test_interruption_is_reported_where_it_happened():
             if epoch == 2:
                 raise KeyboardInterrupt
 
-    trainer, labeller, X_t, config = _trainer([Interrupt()], max_epochs=4)
+    history = HistoryRecorder()
+    trainer, labeller, X_t, config = _trainer([history, Interrupt()], max_epochs=4)
     outcome = trainer.run(X_t, torch.zeros((1, 60), dtype=torch.int64))
     assert outcome.epochs == 2 and outcome.interrupted[0] == 2
+    # The partial epoch is recorded too (no step ran in it: its loss is NaN).
+    assert [r.epoch for r in history.records] == [1, 2] and np.isnan(history.records[1].loss)
 
 
 def test_cosine_schedule_ends_at_zero():
@@ -79,14 +82,3 @@ def test_cosine_schedule_ends_at_zero():
         opt.step()
         sched.step()
     assert lrs[0] == 1.0 and np.all(np.diff(lrs) < 0) and opt.param_groups[0]["lr"] == 0.0
-
-
-def test_interrupt_flag_restores_the_handler():
-    before = signal.getsignal(signal.SIGINT)
-    with InterruptFlag() as flag:
-        assert signal.getsignal(signal.SIGINT) != before
-        signal.raise_signal(signal.SIGINT)
-        assert flag.requested
-        with pytest.raises(KeyboardInterrupt):      # a second Ctrl-C interrupts at once
-            signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before

@@ -1,0 +1,299 @@
+"""SelfLabelClusterer at SeLa's own scale: thousands of clusters, ten heads, a million rows.
+
+Each case runs in a process of its own (so that its peak memory is its own) and writes
+``benchmarks/results/scale_<case>.json``; ``report`` writes the section "scale" of
+docs/benchmarks.md from those files.
+
+    python benchmarks/scale.py all            # every case, then the report
+    python benchmarks/scale.py fashion        # one case (fashion, heads, imagenet,
+                                              #   memmap, graph), then the report
+    python benchmarks/scale.py report
+
+Cases:
+
+- fashion: Fashion-MNIST, 60,000 training images, SelfLabelClusterer(n_clusters=3000,
+  random_state=0); self-label sizes, clusters used by labels_, purity, a linear probe on
+  transform scored on the 10,000 test images; MiniBatchKMeans(3000) on 64 principal
+  components in the same run.
+- heads: SeLa [3k x 10] on 60,000 random 64-d rows, one epoch: time, memory beyond the
+  data, sizes of every head.
+- imagenet: a 1,281,167 x 128 float32 memory map (a mixture of 1,000 Gaussians standing in
+  for ImageNet embeddings), n_clusters=3000, n_heads=10, one epoch, one label update:
+  time of each phase, peak RSS, sizes of every head, homogeneity against the components.
+- memmap: a 300,000 x 28 x 28 uint8 memory map: anonymous memory held by fit.
+- graph: neighbour-graph construction time at 100k, 300k and 1M 64-d rows, recall@10
+  against exact search on a sample.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CASES = ("fashion", "heads", "imagenet", "memmap", "graph")
+
+
+# ------------------------------------------------------------------ measuring
+class MemoryWatch:
+    """Peak of a /proc/self/status field (kB), sampled every 50 ms in a thread."""
+
+    def __init__(self, field="RssAnon"):
+        self.field, self.peak, self._stop = field, 0, threading.Event()
+
+    def read(self):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(self.field + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self):
+        self.start = self.read()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.read())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.read())
+
+
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def phase_timer():
+    """Wall time of the fit's phases, by wrapping the parts that do them."""
+    from skselflabel import _clusterer, _training
+
+    phases = {"graph": 0.0, "label_updates": 0.0, "final_labelling": 0.0}
+    build = _clusterer.NeighborGraph.build.__func__
+    relabel = _training.Trainer._relabel
+    logits = _clusterer.first_head_labels
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            tic = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] += time.perf_counter() - tic
+        return run
+
+    _clusterer.NeighborGraph.build = classmethod(timed("graph", build))
+    _training.Trainer._relabel = timed("label_updates", relabel)
+    _clusterer.first_head_labels = timed("final_labelling", logits)
+    return phases
+
+
+def head_sizes(self_labels, n_clusters):
+    sizes = [np.bincount(row, minlength=n_clusters) for row in self_labels]
+    return [[int(s.min()), int(s.max())] for s in sizes]
+
+
+def machine():
+    sys.path.insert(0, str(HERE))
+    from _report import machine_description
+
+    return {"machine": machine_description(), "load_start": os.getloadavg()[0],
+            "threads": __import__("torch").get_num_threads()}
+
+
+# ------------------------------------------------------------------ cases
+def case_fashion(quick):
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from skselflabel import SelfLabelClusterer
+    from skselflabel.datasets import load_fashion_mnist
+
+    X, y = load_fashion_mnist(split="train", return_X_y=True)
+    X_test, y_test = load_fashion_mnist(split="test", return_X_y=True)
+    if quick:
+        X, y, X_test, y_test = X[:6000], y[:6000], X_test[:1000], y_test[:1000]
+    K = 3000 if not quick else 300
+    phases = phase_timer()
+    tic = time.perf_counter()
+    clu = SelfLabelClusterer(n_clusters=K, random_state=0).fit(X)
+    fit_seconds = time.perf_counter() - tic
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    probe.fit(clu.transform(X), y)
+    tic = time.perf_counter()
+    pcs = PCA(64, random_state=0).fit_transform(X.reshape(len(X), -1) / 255.0)
+    km = MiniBatchKMeans(K, random_state=0, n_init=1, batch_size=4096).fit_predict(pcs)
+    return {"n_samples": len(X), "n_clusters": K, "fit_seconds": fit_seconds,
+            "phases": phases, "epochs": int(clu.n_iter_),
+            "self_label_sizes": head_sizes(clu.self_labels_, K),
+            "labels_clusters_used": int(len(np.unique(clu.labels_))),
+            "purity": purity(y, clu.labels_), "self_label_purity":
+            purity(y, clu.self_labels_[0]),
+            "probe_test_accuracy": float(probe.score(clu.transform(X_test), y_test)),
+            "kmeans_purity": purity(y, km), "kmeans_seconds": time.perf_counter() - tic}
+
+
+def purity(y, labels):
+    """Share of samples whose cluster's majority class is their own."""
+    table = np.zeros((labels.max() + 1, y.max() + 1), dtype=np.int64)
+    np.add.at(table, (labels, y), 1)
+    return float(table.max(1).sum() / len(y))
+
+
+def case_heads(quick):
+    from skselflabel import SelfLabelClusterer
+
+    n = 60_000 if not quick else 6_000
+    X = np.random.default_rng(0).random((n, 64), dtype=np.float32)
+    phases = phase_timer()
+    with MemoryWatch("VmRSS") as rss:
+        tic = time.perf_counter()
+        clu = SelfLabelClusterer(n_clusters=3000, n_heads=10, max_epochs=1,
+                                 random_state=0).fit(X)
+        seconds = time.perf_counter() - tic
+    return {"n_samples": n, "fit_seconds": seconds, "phases": phases,
+            "memory_beyond_data_bytes": rss.peak - rss.start,
+            "head_sizes": head_sizes(clu.self_labels_, 3000),
+            "target": n / 3000}
+
+
+def _mixture(path, n, d, k, seed=0):
+    """A memory-mapped mixture of ``k`` Gaussians (written in chunks) and its components."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)).astype(np.float32) * 2.0
+    comp = rng.integers(0, k, n)
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        X[s:e] = centres[comp[s:e]] + rng.standard_normal((e - s, d), dtype=np.float32)
+    X.flush()
+    del X
+    return np.load(path, mmap_mode="r"), comp
+
+
+def case_imagenet(quick):
+    from sklearn.metrics import homogeneity_score
+
+    from skselflabel import SelfLabelClusterer
+
+    n = 1_281_167 if not quick else 60_000
+    with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
+        X, comp = _mixture(os.path.join(tmp, "x.npy"), n, 128, 1000)
+        phases = phase_timer()
+        tic = time.perf_counter()
+        clu = SelfLabelClusterer(n_clusters=3000, n_heads=10, max_epochs=1,
+                                 n_label_updates=1, random_state=0, verbose=1).fit(X)
+        seconds = time.perf_counter() - tic
+    epochs = float(clu.history_["seconds"].sum()) - phases["label_updates"]
+    return {"n_samples": n, "fit_seconds": seconds, "phases": dict(phases, epochs=epochs),
+            "peak_rss_bytes": peak_rss_bytes(), "head_sizes": head_sizes(clu.self_labels_,
+                                                                         3000),
+            "target": n / 3000,
+            "homogeneity": [float(homogeneity_score(comp, row)) for row in clu.self_labels_],
+            "labels_homogeneity": float(homogeneity_score(comp, clu.labels_))}
+
+
+def case_memmap(quick):
+    from skselflabel import SelfLabelClusterer
+
+    n = 300_000 if not quick else 30_000
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
+        path = os.path.join(tmp, "images.npy")
+        X = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, 28, 28))
+        for s in range(0, n, 50_000):
+            X[s:s + 50_000] = rng.integers(0, 256, (min(50_000, n - s), 28, 28), np.uint8)
+        X.flush()
+        del X
+        X = np.load(path, mmap_mode="r")
+        with MemoryWatch("RssAnon") as anon:
+            tic = time.perf_counter()
+            clu = SelfLabelClusterer(n_clusters=10, max_epochs=1, n_label_updates=1,
+                                     random_state=0).fit(X)
+            seconds = time.perf_counter() - tic
+        float32_copy = n * 28 * 28 * 4
+    return {"n_samples": n, "fit_seconds": seconds,
+            "anonymous_growth_bytes": anon.peak - anon.start,
+            "float32_copy_bytes": float32_copy, "labels": int(len(clu.labels_))}
+
+
+def case_graph(quick):
+    import torch
+
+    from skselflabel._graph import nearest_neighbors
+
+    sizes = (100_000, 300_000, 1_000_000) if not quick else (10_000, 30_000, 100_000)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1000, 64)).astype(np.float32) * 2.0
+    rows = []
+    for n in sizes:
+        X = centres[rng.integers(0, 1000, n)] + rng.standard_normal((n, 64), np.float32)
+        points = torch.from_numpy(X)
+        tic = time.perf_counter()
+        found = nearest_neighbors(points, 10, method="faiss").numpy()
+        seconds = time.perf_counter() - tic
+        sample = rng.choice(n, 1000, replace=False)
+        d = torch.cdist(points[sample], points)
+        d[torch.arange(1000), torch.from_numpy(sample)] = float("inf")
+        exact = d.topk(10, largest=False).indices.numpy()
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found[sample], exact)])
+        rows.append({"n": n, "seconds": seconds, "recall_at_10": float(recall)})
+    growth = np.polyfit(np.log([r["n"] for r in rows]), np.log([r["seconds"] for r in rows]), 1)
+    return {"rows": rows, "growth_exponent": float(growth[0])}
+
+
+# ------------------------------------------------------------------ driver and report
+def run_case(name, quick):
+    result = dict(machine(), case=name, quick=quick, command=" ".join(sys.argv))
+    tic = time.perf_counter()
+    result.update(globals()[f"case_{name}"](quick))
+    result["wall_seconds"] = time.perf_counter() - tic
+    result["load_end"] = os.getloadavg()[0]
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "_quick" if quick else ""
+    (RESULTS / f"scale_{name}{suffix}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=(*CASES, "all", "report"))
+    parser.add_argument("--quick", action="store_true", help="small sizes, not reported")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case == "report":
+        from scale_report import write_report
+
+        return write_report()
+    cases = CASES if args.case == "all" else (args.case,)
+    for name in cases:
+        if args.in_process:
+            run_case(name, args.quick)
+            continue
+        cmd = [sys.executable, __file__, name, "--in-process"] + (["--quick"] * args.quick)
+        subprocess.run(cmd, check=True)
+    if not args.quick:
+        sys.path.insert(0, str(HERE))
+        from scale_report import write_report
+
+        write_report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

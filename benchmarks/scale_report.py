@@ -1,0 +1,118 @@
+"""The section "scale" of docs/benchmarks.md, written from benchmarks/results/scale_*.json."""
+import json
+from pathlib import Path
+
+from _report import write_section
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(case):
+    path = RESULTS / f"scale_{case}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _gib(n_bytes):
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _sizes(heads, target):
+    low = min(s[0] for s in heads)
+    high = max(s[1] for s in heads)
+    return f"{low} to {high} (target {target:.1f}) over {len(heads)} head(s)"
+
+
+def _run_line(r):
+    return (f"Machine: {r['machine']}; torch threads {r['threads']}; 1-minute load "
+            f"average {r['load_start']:.1f} at the start, {r['load_end']:.1f} at the end. "
+            f"Command: `{r['command']}`.")
+
+
+def _fashion(r):
+    p = r["phases"]
+    return "\n".join([
+        "### Fashion-MNIST, 60,000 images, 3,000 clusters", "",
+        _run_line(r), "",
+        "`SelfLabelClusterer(n_clusters=3000, random_state=0)`, every other parameter at "
+        "its default; the probe is StandardScaler + LogisticRegression on `transform`, "
+        "fitted on the training images and scored on the 10,000 test images.", "",
+        "| measure | result | target |", "|---|---|---|",
+        f"| fit time | {r['fit_seconds'] / 60:.1f} min ({r['epochs']} epochs; graph "
+        f"{p['graph']:.0f} s, self-label steps {p['label_updates']:.0f} s, final labelling "
+        f"{p['final_labelling']:.0f} s) | <= 20 min |",
+        f"| self-label cluster sizes | {_sizes(r['self_label_sizes'], r['n_samples'] / r['n_clusters'])} | 10 to 30 |",
+        f"| clusters used by `labels_` | {r['labels_clusters_used']} | >= 2,700 |",
+        f"| purity of `labels_` | {r['purity']:.3f} (self-labels {r['self_label_purity']:.3f}) | >= 0.87 |",
+        f"| linear probe on `transform`, test images | {r['probe_test_accuracy']:.3f} | >= 0.90 |",
+        f"| MiniBatchKMeans(3000) on 64 principal components, same run | purity "
+        f"{r['kmeans_purity']:.3f} in {r['kmeans_seconds']:.0f} s | |",
+    ])
+
+
+def _heads(r):
+    p = r["phases"]
+    return "\n".join([
+        "### SeLa [3k x 10] on 60,000 random 64-d rows, one epoch", "",
+        _run_line(r), "",
+        "| measure | result | target |", "|---|---|---|",
+        f"| fit time | {r['fit_seconds']:.0f} s (self-label steps {p['label_updates']:.0f} s) "
+        "| <= 300 s |",
+        f"| resident memory beyond the data | {_gib(r['memory_beyond_data_bytes'])} | <= 4 GiB |",
+        f"| self-label sizes | {_sizes(r['head_sizes'], r['target'])} | +-50% |",
+    ])
+
+
+def _imagenet(r):
+    p = r["phases"]
+    return "\n".join([
+        "### 1,281,167 x 128 memory map, 3,000 clusters x 10 heads", "",
+        _run_line(r), "",
+        "A mixture of 1,000 Gaussians in 128 dimensions (written to a float32 `.npy` file "
+        "and opened with `mmap_mode='r'`), `n_clusters=3000, n_heads=10, max_epochs=1, "
+        "n_label_updates=1`.", "",
+        "| measure | result | target |", "|---|---|---|",
+        f"| fit time | {r['fit_seconds'] / 60:.1f} min | <= 60 min |",
+        f"| phases | graph {p['graph'] / 60:.1f} min, training epoch "
+        f"{p['epochs'] / 60:.1f} min, self-label steps {p['label_updates'] / 60:.1f} min, "
+        f"final labelling {p['final_labelling'] / 60:.1f} min | |",
+        f"| peak RSS | {_gib(r['peak_rss_bytes'])} | <= 20 GiB |",
+        f"| self-label sizes | {_sizes(r['head_sizes'], r['target'])} | +-50% |",
+        f"| homogeneity against the 1,000 components | {min(r['homogeneity']):.3f} (worst "
+        f"head), `labels_` {r['labels_homogeneity']:.3f} | >= 0.9 |",
+    ])
+
+
+def _memmap(r):
+    return "\n".join([
+        "### A 300,000 x 28 x 28 uint8 memory map", "",
+        _run_line(r), "",
+        f"`SelfLabelClusterer(n_clusters=10, max_epochs=1, n_label_updates=1)` on random "
+        f"images: fit took {r['fit_seconds']:.0f} s and its anonymous memory (RssAnon) grew "
+        f"by at most {_gib(r['anonymous_growth_bytes'])}; a float32 copy of X alone would "
+        f"be {_gib(r['float32_copy_bytes'])} (target: at most 1 GiB beyond the model and "
+        "its buffers).",
+    ])
+
+
+def _graph(r):
+    rows = [f"| {row['n']:,} | {row['seconds']:.1f} | {row['recall_at_10']:.4f} |"
+            for row in r["rows"]]
+    return "\n".join([
+        "### Neighbour graph construction (faiss HNSW, 64-d rows)", "",
+        _run_line(r), "",
+        "| rows | seconds | recall@10 against exact search (1,000 sampled rows) |",
+        "|---|---|---|", *rows, "",
+        f"Time grows like N^{r['growth_exponent']:.2f} (least-squares slope of log time "
+        "on log N; target: no worse than N^1.3).",
+    ])
+
+
+def write_report():
+    parts = ["## SelfLabelClusterer at scale (`benchmarks/scale.py`)", "",
+             "Each case ran in its own process: `python benchmarks/scale.py <case>`."]
+    for case, render in (("fashion", _fashion), ("heads", _heads), ("imagenet", _imagenet),
+                         ("memmap", _memmap), ("graph", _graph)):
+        result = _load(case)
+        parts += ["", render(result) if result else f"### {case}\n\nNot run yet."]
+    path = write_section("scale", "\n".join(parts))
+    print(f"wrote {path}")
