@@ -40,6 +40,8 @@ ZERO_BELOW = 2.0 * math.exp(EXP_MIN)
 # In place, entries dropped when the kernel was built stay negligible (below exp(-40) of their
 # row's largest) while the potentials drift by less than 87 - 40.
 SAFE_DRIFT = 47.0
+# Potentials spreading over more than this are added to the scores in float64 (make_kernel).
+PRECISE_SPREAD = 64.0
 # CPU: row ranges per worker thread (see Rows).
 RANGES_PER_WORKER = 4
 # Bytes of one row block of the fused sweep: it should sit in a core's L2 cache.
@@ -50,6 +52,16 @@ STAGE_MAX_ITER = 200
 # Over-relaxation of the column update (1 = plain Sinkhorn). Values in (1, 2) converge to
 # the same fixed point in fewer iterations.
 OMEGA = 1.8
+# Error plateaus (see _Plateaus): a column whose relative error keeps its sign and shrinks by
+# less than STUCK_SHRINK per measurement, STUCK_AFTER measurements in a row, is stuck; its
+# update is then doubled at each further measurement, up to PLATEAU_STEP in the log domain
+# (larger steps overshoot, and columns pushed at once compete for the same rows). Once a
+# plateau was seen, the loop ends only below PLATEAU_MARGIN times the tolerance.
+STUCK_SHRINK = 0.01
+STUCK_AFTER = 8
+MAX_DOUBLINGS = 16
+PLATEAU_STEP = 1.0
+PLATEAU_MARGIN = 0.9
 
 
 def block_rows(K, itemsize, device):
@@ -108,6 +120,17 @@ class Problem:
     tol: float                # stop at this largest relative marginal error
     rows: Rows                # how the rows are visited
     reduce_fn: object = None  # sums column sums over processes (data-parallel), or None
+    final_tol: float = None   # tol of the whole solve, when a stage's tol is looser
+
+    @property
+    def target_tol(self):
+        """The tolerance the solve must reach in the end."""
+        return self.tol if self.final_tol is None else self.final_tol
+
+    @property
+    def plateau_level(self):
+        """Error plateaus at or above this must be left (see ``_Plateaus``)."""
+        return PLATEAU_MARGIN * self.target_tol
 
     def stage(self, **changes):
         """The same problem with some fields changed (an annealing stage, a subsample)."""
@@ -134,18 +157,13 @@ def make_kernel(problem, D, W, g, row_max=None):
     block is read before it is written. Returns ``a`` (float64) with ``row_max`` folded out.
     """
     a = torch.empty(D.shape[0], dtype=torch.float64, device=D.device)
-    gw = g.to(W.dtype)
-    lam = problem.lam
+    exponent = _exponent_fn(problem.lam, g, W.dtype)
 
     def build(lo, hi, block):
         for s in range(lo, hi, block):
             e = min(hi, s + block)
-            w, d = W[s:e], D[s:e]
-            if row_max is not None:
-                d = d.to(W.dtype) - row_max[s:e, None].to(W.dtype)
-            torch.add(gw, d, alpha=lam, out=w)
-            m = w.amax(1, keepdim=True)
-            w -= m
+            w = W[s:e]
+            m = exponent(D[s:e], None if row_max is None else row_max[s:e, None], w)
             # exp of arguments below float32's normal range is ~15x slower and gives
             # denormals: clamp, then flush the floor to an exact zero.
             w.clamp_min_(EXP_MIN).exp_()
@@ -154,6 +172,41 @@ def make_kernel(problem, D, W, g, row_max=None):
 
     problem.rows.map(build)
     return a
+
+
+def _exponent_fn(lam, g, dtype):
+    """``exponent(d, row_max, out)``: ``out = x - max_k x`` for ``x = lam * (d - row_max) + g``,
+    returning the row maxima.
+
+    An entry that survives in the kernel has ``lam * (d - row_max) >= -87 - spread(g)``, so
+    formed in the kernel's precision its exponent is off by about ``eps * (87 + spread(g))``.
+    When the potentials spread over more than ``PRECISE_SPREAD`` (thousands, for lam = 100
+    and a logit gap of 50) that would show as ~1e-4 in the marginals: the exponent is then
+    formed and shifted in float64 (slower, so only then).
+    """
+    finite = g[torch.isfinite(g)]
+    spread = float(finite.max() - finite.min()) if finite.numel() else 0.0
+    if dtype == torch.float64 or spread <= PRECISE_SPREAD:
+        gw = g.to(dtype)
+
+        def exponent(d, row_max, out):
+            if row_max is not None:
+                d = d.to(dtype) - row_max.to(dtype)
+            torch.add(gw, d, alpha=lam, out=out)
+            m = out.amax(1, keepdim=True)
+            out -= m
+            return m
+        return exponent
+
+    def precise_exponent(d, row_max, out):
+        x = d.to(torch.float64, copy=True)
+        if row_max is not None:
+            x -= row_max
+        x.mul_(lam).add_(g)
+        m = x.amax(1, keepdim=True)
+        out.copy_(x.sub_(m))
+        return m
+    return precise_exponent
 
 
 def absorb_in_place(W, rows, a, log_v):
@@ -201,10 +254,53 @@ def _sweep_fn(W, v, u, r):
     return sweep
 
 
+class _Plateaus:
+    """Columns stuck on an error plateau, and the larger steps that get them off it.
+
+    With exactly tied rows (identical copies, such as the one-hot scores of a collapsed
+    network) a column can sit in a "dead zone": its rows are fully committed to it (or to
+    other columns), so its sum does not respond to its scaling, and its relative error
+    stays at a whole number of rows' mass while plain updates move its potential by only
+    ``log(1 + error)`` per iteration. A column whose error keeps its sign without
+    shrinking for ``STUCK_AFTER`` measurements gets its update doubled at each further
+    such measurement, up to a step of ``PLATEAU_STEP``; the first change of sign or real
+    progress resets it. Where plain iterations make progress nothing is stuck and nothing
+    changes.
+
+    A plateau can sit just below the tolerance (one row's mass is 1% of a cluster with
+    100 rows per cluster): once a column has been seen stuck at an error of at least
+    ``level``, the loop must get below ``level`` (see :meth:`_Errors.keep_going`). So no
+    stage of epsilon-scaling ends on such a plateau, which the next stage, doubling the
+    potentials, would make twice as deep.
+    """
+
+    def __init__(self, allowed, level, floor):
+        self.allowed, self.level, self.floor = allowed, level, floor
+        self.previous = torch.zeros_like(allowed, dtype=torch.float64)
+        self.streak = torch.zeros_like(allowed, dtype=torch.float64)
+        self.seen = False
+
+    def update(self, deviation):
+        """Count how long each column has been stuck, from its signed relative error."""
+        stuck = (self.allowed & (deviation.abs() > max(self.level, self.floor))
+                 & (deviation * self.previous > 0)
+                 & (deviation.abs() >= (1 - STUCK_SHRINK) * self.previous.abs()))
+        self.streak = torch.where(stuck, self.streak + 1, torch.zeros_like(self.streak))
+        self.previous = deviation
+        self.seen = self.seen or bool((self.streak >= STUCK_AFTER).any())
+
+    def widen(self, step):
+        """``step`` (the log-scaling updates) with the updates of stuck columns enlarged."""
+        doublings = (self.streak - STUCK_AFTER + 1).clamp(0, MAX_DOUBLINGS)
+        boosted = step * torch.pow(2.0, doublings)
+        limit = torch.clamp(step.abs(), min=PLATEAU_STEP)
+        return torch.where(doublings > 0, boosted.clamp(-limit, limit), step)
+
+
 class _Errors:
     """Marginal error of the plan after each sweep, and the rules that stop on it."""
 
-    def __init__(self, log_p, stall_window):
+    def __init__(self, log_p, stall_window, level, floor):
         self.target = log_p.exp()
         self.allowed = self.target > 0
         self.safe_target = torch.where(self.allowed, self.target, torch.ones_like(self.target))
@@ -212,18 +308,20 @@ class _Errors:
         self.err = self.best = self.window_err = math.inf
         self.omega = OMEGA
         self.stalled = False
+        self.plateaus = _Plateaus(self.allowed, level, floor)
 
     def measure(self, acc, log_v):
         col = acc * log_v.exp()
-        rel = torch.where(self.allowed, (col - self.target).abs() / self.safe_target,
-                          torch.zeros_like(col))
-        err = float(rel.max())
+        deviation = torch.where(self.allowed, (col - self.target) / self.safe_target,
+                                torch.zeros_like(col))
+        self.plateaus.update(deviation)
+        err = float(deviation.abs().max())
         self.err = err if math.isfinite(err) else math.inf
         return self.err
 
     def keep_going(self, it, tol):
         """After measuring at iteration ``it``: whether to iterate on (may set ``stalled``)."""
-        if self.err <= tol:
+        if self.err <= (min(tol, self.plateaus.level) if self.plateaus.seen else tol):
             return False
         if self.err > 2.0 * self.best:    # over-relaxation is not always monotone: fall back
             self.omega = 1.0
@@ -255,11 +353,14 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     some column in a "dead zone": the rows that should move to it have kernel entries of
     about ``exp(-lam * gap)`` there, so its sum barely responds to its scaling, and plain
     iterations creep towards the solution by ``log(1 + error)`` per iteration (thousands of
-    iterations for tied one-hot scores). The caller then anneals ``lam`` instead.
+    iterations for tied one-hot scores). Wider steps for stuck columns (``_Plateaus``)
+    shorten the climb; if the error still does not halve, the caller anneals ``lam``.
     """
     built = [g.clone()]               # potentials at which W was built or last absorbed
     N, K = W.shape
-    errors = _Errors(problem.log_p, stall_window)
+    # Relative errors below 100 eps are float rounding of the kernel, not plateaus.
+    errors = _Errors(problem.log_p, stall_window, level=problem.plateau_level,
+                     floor=100 * torch.finfo(W.dtype).eps)
     allowed = errors.allowed
     log_v = torch.zeros(K, dtype=torch.float64, device=W.device)
     log_v[~torch.isfinite(g)] = -math.inf
@@ -272,15 +373,17 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
         if problem.reduce_fn is not None:
             problem.reduce_fn(acc)
         it += 1
-        if it % check_every == 0 or it >= max_iter:
+        measured = it % check_every == 0 or it >= max_iter
+        if measured:
             errors.measure(acc, log_v)
             if it >= max_iter or not errors.keep_going(it, problem.tol):
                 break
         new = problem.log_p - acc.clamp_min(1e-300).log()
-        omega = errors.omega
+        step = errors.omega * (new - log_v)
+        if measured:
+            step = errors.plateaus.widen(step)
         # Clamped so that exp(log_v) stays far inside float32 between absorption checks.
-        log_v = torch.where(allowed, ((1 - omega) * log_v + omega * new).clamp(-CLAMP, CLAMP),
-                            log_v)
+        log_v = torch.where(allowed, (log_v + step).clamp(-CLAMP, CLAMP), log_v)
         if it % check_every == 0 and float(log_v[allowed].abs().max()) > ABSORB:
             if source is not None:
                 g = g + log_v
@@ -348,8 +451,8 @@ def anneal(problem, source, W, max_iter, row_max=None):
         budget = (max(1, max_iter - n_iter) if last
                   else min(STAGE_MAX_ITER, max_iter - n_iter - 1))
         if budget > 0:
-            at = problem.stage(lam=lam / 2 ** stage,
-                               tol=tol if last else max(tol, STAGE_TOL))
+            at = problem.stage(lam=lam / 2 ** stage, tol=tol if last else max(tol, STAGE_TOL),
+                               final_tol=problem.target_tol)
             a = make_kernel(at, source, W, g, row_max=row_max)
             res = scaling_loop(at, W, a, g, budget, source=source, source_row_max=row_max)
             n_iter += res.n_iter

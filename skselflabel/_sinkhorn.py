@@ -171,13 +171,16 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     large. The hardest inputs are exact ties: rows that are identical copies (say one-hot
     logits with a gap of 50) in groups of unequal size, where a cluster whose potential
     starts on the wrong side of a gap must climb by about :math:`\lambda \times
-    \mathrm{gap}` before it gains any mass, creeping by ``log(1 + error)`` per iteration.
-    When the error stops halving over 50 iterations on the full matrix, the solver anneals
-    :math:`\lambda` on the full matrix (``copy=True`` only: it rebuilds the kernel from the
-    scores), which fixes such inputs: 100,000 x 100 tied one-hot scores reach 1e-2 in about
-    1,000 iterations at :math:`\lambda` = 25 and 100. With about 30 rows per cluster and
-    many clusters nobody prefers (30,000 x 1,000 at :math:`\lambda = 100`) it still stalls
-    at an error of one row's mass (0.033). Any noise in the scores removes the plateaus.
+    \mathrm{gap}` before it gains any mass, creeping by ``log(1 + error)`` per iteration
+    while its error sits on a plateau of a whole number of rows' mass. A cluster whose
+    error keeps its sign without shrinking gets its update doubled until it responds, and
+    once such a plateau was seen the solve ends only below ``0.9 * tol`` (a plateau can sit
+    just under ``tol``: one row is 1% of a cluster of 100 rows). If the error still stops
+    halving over 50 iterations on the full matrix, the solver anneals :math:`\lambda` on
+    the full matrix (``copy=True`` only: it rebuilds the kernel from the scores). Measured
+    with ``tol=1e-2``: 100,000 x 100 tied one-hot scores converge in 161 and 898
+    iterations at :math:`\lambda` = 25 and 100, 30,000 x 1,000 (30 rows per cluster) in
+    1,029 and 1,290.
 
     On CPU the rows are split over ``torch.get_num_threads()`` Python threads, each of which
     (and the calling thread, for the length of the call) runs torch operations on one

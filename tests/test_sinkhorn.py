@@ -89,6 +89,35 @@ def test_exactly_tied_one_hot_scores_converge(lam, monkeypatch, small_warmup):
     assert marginal_error(plan(z, res, lam)) <= 1.05e-2
 
 
+@pytest.mark.parametrize("lam", [25.0, 100.0])
+@pytest.mark.parametrize("seed", [1, 5])
+def test_tied_scores_with_a_plateau_at_the_tolerance_converge_with_margin(lam, seed):
+    # Issue #10, item 7: one-hot scores (gap 50) on 3,000 x 30, groups of unequal sizes.
+    # With 100 rows per cluster one row's mass is 1% of a cluster, so a cluster holding one
+    # row too many sits on an error plateau of exactly 0.01 = tol; the solve used to stop on
+    # it (or stall there for all 5,000 iterations), the plan rebuilt from the returned
+    # scalings being off by 0.0100-0.0101.
+    rng = np.random.default_rng(seed)
+    N, K = 3_000, 30
+    home = rng.integers(0, K, N)
+    assert np.isin(np.bincount(home, minlength=K) - N // K, [-1, 1]).any()
+    z = np.zeros((N, K), np.float32)
+    z[np.arange(N), home] = 50.0
+    res = sinkhorn_knopp(z, lam=lam, tol=1e-2, max_iter=5000)
+    assert res.converged and res.n_iter <= 2000
+    assert res.marginal_error <= 0.0095
+    # The error the solver reports is the error of the plan it returns, to 1e-5.
+    assert abs(marginal_error(plan(z, res, lam)) - res.marginal_error) < 1e-5
+
+
+def test_a_plateau_below_a_looser_tolerance_costs_nothing_extra():
+    # The margin applies only where a column was seen stuck: ordinary logits stop at the
+    # first iteration below tol, as before.
+    z = head_logits(2_000, 10, seed=1)
+    res = sinkhorn_knopp(z, lam=25.0, tol=1e-2)
+    assert res.converged and res.n_iter == 37 and res.marginal_error > 0.0095
+
+
 def test_log_scalings_hold_for_offset_scores():
     z = head_logits(300, 5).astype(np.float64)
     a = sinkhorn_knopp(z, lam=5.0, tol=1e-6)
