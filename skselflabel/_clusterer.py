@@ -19,9 +19,10 @@ from ._graph import NeighborGraph
 from ._inference import represent
 from ._inputs import check_fit_input, check_predict_input, training_device
 from ._labelling import SelfLabeller
-from ._model import (checked_assigner, checked_state, commit, data_attributes,
-                     default_assigner, first_head_logits, initial_labels, initial_model,
-                     pickled_state, place_modules, snapshot)
+from ._model import (balanced_log_likelihood, check_fit_memory, checked_assigner,
+                     checked_state, commit, data_attributes, default_assigner,
+                     first_head_logits, initial_labels, initial_model, pickled_state,
+                     place_modules, snapshot)
 from ._progress import ProgressReporter
 from ._training import Trainer, make_optimizer
 
@@ -286,6 +287,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         init_gen = torch.Generator().manual_seed(int(seeds[0]))
         train_gen = torch.Generator(device=device).manual_seed(int(seeds[1]))
         model = initial_model(self, data, init_gen, device)
+        check_fit_memory(self, config, data, model, device)
         X_t = model["_scaling"].to_tensor(data.X, device)
         labels = initial_labels(model["heads_"], data.n_samples, init_gen, device)
         history = HistoryRecorder()
@@ -418,13 +420,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         score : float
             Mean log-likelihood of the balanced labels.
         """
-        logits = first_head_logits(vars(self), self._inference_input(X)).double()
-        with warnings.catch_warnings():
-            # A few samples cannot always meet the cluster sizes exactly; the labels are
-            # still the best balanced guess, which is all the score needs.
-            warnings.simplefilter("ignore", category=Warning)
-            q = checked_assigner(self.assigner, self.n_clusters).assign_tensor(logits, copy=True).labels
-        return float(torch.log_softmax(logits, 1).gather(1, q[:, None]).mean())
+        return balanced_log_likelihood(vars(self), self._inference_input(X),
+                                       checked_assigner(self.assigner, self.n_clusters))
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):

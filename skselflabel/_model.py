@@ -6,14 +6,18 @@ leaves the estimator exactly as it was. The same dicts serve callbacks (a snapsh
 model mid-fit), inference and pickling.
 """
 import copy
+import math
+import warnings
 
 import torch
 
 from ._assigner import SinkhornAssigner
 from ._backbones import build_network
+from ._descriptors import gradient_histograms
 from ._events import empty_history
-from ._inference import head_logits
+from ._inference import INFERENCE_BATCH, embed, head_logits, map_padded
 from ._inputs import InputScaling, inference_device
+from ._memory import fit_phases, require, score_phases
 from ._sinkhorn import check_prior
 
 # The default self-label step: SeLa's CIFAR temperature; labels are an argmax, so a
@@ -65,6 +69,18 @@ def initial_model(estimator, data, generator, device):
     return model
 
 
+def check_fit_memory(estimator, config, data, model, device):
+    """Refuse, with a MemoryError that says why, a fit whose buffers do not fit ``device``
+    (see :mod:`skselflabel._memory`); run before the large allocations."""
+    d = math.prod(data.sample_shape)
+    if (isinstance(config.neighbor_features, str) and config.neighbor_features == "gradients"
+            and len(data.sample_shape) == 3):    # for tables the graph says what is wrong
+        d = gradient_histograms(torch.zeros((1, *data.sample_shape))).shape[1]
+    require(fit_phases(data.n_samples, d, estimator.n_clusters, estimator.n_heads,
+                       model["_head_width"], config.n_neighbors, config.diffusion_steps),
+            device, "SelfLabelClusterer.fit")
+
+
 def initial_labels(heads, n_samples, generator, device):
     """Balanced random labels (i mod K, permuted) per head, as in SeLa; the first
     self-label step replaces them before any gradient step."""
@@ -81,6 +97,47 @@ def data_attributes(data):
 def first_head_logits(model, X_t):
     """Logits of the first head (the one behind ``predict``) for a prepared tensor."""
     return head_logits(model["backbone_"], model["heads_"][0], X_t, model["_head_width"])
+
+
+def balanced_log_likelihood(model, X_t, assigner):
+    """Mean log-probability, under the first head, of the balanced labels of ``X_t``.
+
+    Holds one ``n x n_clusters`` float32 buffer: the logits' row log-normalisers are taken
+    block by block, the assigner overwrites the logits (``copy=False``), and the logit of
+    each sample's label is recomputed from the features in the same padded batches, so it
+    is bit for bit the one the labels came from.
+    """
+    head, width = model["heads_"][0], model["_head_width"]
+    n, k = X_t.shape[0], head.out_features
+    require(score_phases(n, k, width), X_t.device, "SelfLabelClusterer.score")
+    with torch.no_grad():
+        features = embed(model["backbone_"], X_t, width)
+        logits = map_padded(head, features, k)
+        log_norm = torch.cat([torch.logsumexp(logits[s:s + INFERENCE_BATCH].double(), 1)
+                              for s in range(0, n, INFERENCE_BATCH)])
+        with warnings.catch_warnings():
+            # A few samples cannot always meet the cluster sizes exactly; the labels are
+            # still the best balanced guess, which is all the score needs.
+            warnings.simplefilter("ignore", category=Warning)
+            labels = assigner.assign_tensor(logits, copy=False).labels
+        del logits
+        picked = _picked_logits(head, features, labels)
+    return float((picked.double() - log_norm).mean())
+
+
+def _picked_logits(head, features, labels):
+    """``head(features)[i, labels[i]]``, in the zero-padded batches of
+    :func:`~skselflabel._inference.map_padded` (so the same numbers, one column kept)."""
+    n = features.shape[0]
+    out = torch.empty(n, device=features.device)
+    for start in range(0, n, INFERENCE_BATCH):
+        stop = min(start + INFERENCE_BATCH, n)
+        batch = features[start:stop]
+        if stop - start < INFERENCE_BATCH:
+            batch = torch.cat([batch, batch.new_zeros((INFERENCE_BATCH - (stop - start),
+                                                       batch.shape[1]))])
+        out[start:stop] = head(batch)[: stop - start].gather(1, labels[start:stop, None])[:, 0]
+    return out
 
 
 def snapshot(model, data, X_t):

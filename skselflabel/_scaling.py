@@ -486,6 +486,8 @@ def finish(problem, res, row_max, max_iter):
             labels[s:e] = (W[s:e] * v).argmax(1)
 
     problem.rows.map(argmax)
+    if problem.reduce_fn is None:       # other processes' rows are not here to count
+        _warn_if_tied_rows(W, labels, problem)
     log_u = res.u.log() - res.a - problem.lam * row_max
     converged = res.error <= problem.tol
     if res.drift > SAFE_DRIFT:
@@ -500,3 +502,33 @@ def finish(problem, res, row_max, max_iter):
                       "or lower lam.", ConvergenceWarning, stacklevel=4)
     return Solution(labels=labels, log_u=log_u, log_v=res.g + res.log_v, n_iter=res.n_iter,
                     marginal_error=float(res.error), converged=converged)
+
+
+def _warn_if_tied_rows(W, labels, problem):
+    """Warn when the labels fill fewer clusters than they could because rows are tied.
+
+    Rows with the same scores (up to a constant) get the same label, so with fewer
+    distinct rows than clusters the hard labels cannot be balanced, however balanced the
+    plan is. The rows are counted (on the kernel: equal score rows give equal kernel rows)
+    only when the labels leave clusters empty.
+    """
+    n_clusters = int(torch.isfinite(problem.log_p).sum())
+    used = int(torch.bincount(labels, minlength=W.shape[1]).count_nonzero())
+    if used >= min(W.shape[0], n_clusters):
+        return
+    distinct = _distinct_rows(W, problem.rows.block, n_clusters)
+    if distinct < n_clusters:
+        warnings.warn(f"scores has {distinct} distinct row(s) (up to a constant per row) for "
+                      f"{n_clusters} clusters: identical rows get the same label, so the "
+                      f"labels use only {used} cluster(s). Possibly due to duplicate points "
+                      "in the data.", ConvergenceWarning, stacklevel=6)
+
+
+def _distinct_rows(W, block, enough):
+    """Distinct rows of ``W``, counted block by block up to ``enough``."""
+    seen = W[:0]
+    for s in range(0, W.shape[0], block):
+        seen = torch.unique(torch.cat([seen, W[s:s + block]]), dim=0)
+        if seen.shape[0] >= enough:
+            break
+    return seen.shape[0]
