@@ -5,11 +5,14 @@ on the estimator together, replacing all the previous ones: a fit that fails bef
 leaves the estimator exactly as it was. The same dicts serve callbacks (a snapshot of the
 model mid-fit), inference and pickling.
 """
+from contextlib import contextmanager
 import copy
 import math
 import warnings
 
+import numpy as np
 import torch
+from sklearn.utils import check_random_state
 
 from ._assigner import SinkhornAssigner
 from ._backbones import build_network
@@ -17,6 +20,7 @@ from ._descriptors import gradient_histograms
 from ._events import empty_history
 from ._inference import INFERENCE_BATCH, embed, head_logits, map_padded
 from ._inputs import InputScaling, inference_device
+from ._labelling import NonFiniteOutput
 from ._memory import fit_phases, require, score_phases
 from ._sinkhorn import check_prior
 
@@ -67,6 +71,41 @@ def initial_model(estimator, data, generator, device):
     model["backbone_"].to(device)
     model["heads_"].to(device)
     return model
+
+
+def fit_seeds(random_state):
+    """Three seeds for a fit: drawn from ``random_state``, or for None from fresh entropy
+    of the operating system, never from (nor advancing) numpy's global RNG."""
+    if random_state is None:
+        return np.random.default_rng().integers(0, 2**31 - 1, size=3)
+    return check_random_state(random_state).randint(0, 2**31 - 1, size=3)
+
+
+@contextmanager
+def diverged_training(trainer, history, estimator):
+    """Turn non-finite network outputs met by a self-label step into a FloatingPointError
+    that says when it happened and what to try."""
+    try:
+        yield
+    except NonFiniteOutput as exc:
+        raise FloatingPointError(_divergence_message(exc, trainer, history,
+                                                     estimator)) from None
+
+
+def _divergence_message(exc, trainer, history, estimator):
+    cfg = trainer.config
+    counts = f"{exc.n_bad} NaN or inf values (out of {exc.n_values}) on the training data"
+    if trainer.step == 0:
+        return (f"The network's {exc.part} output holds {counts} before any training step: "
+                "it produces them from the start. Check the backbone (a division by zero, the "
+                "log of a non-positive number, an overflow) on inputs of this scale.")
+    epoch = trainer.first_epoch + min(trainer.step // cfg.steps_per_epoch, cfg.max_epochs - 1)
+    bad_loss = [r.epoch for r in history.records if not math.isfinite(r.loss)]
+    since = f"; the loss was first NaN or inf in epoch {bad_loss[0]}" if bad_loss else ""
+    return (f"Training diverged: the network's {exc.part} output holds {counts} at the "
+            f"self-label step of epoch {epoch}, after {trainer.step} gradient steps{since}. "
+            f"Lower lr (it is {cfg.lr:g} with optimizer={estimator.optimizer!r}), try "
+            "optimizer='adam', or check the backbone for operations that overflow.")
 
 
 def check_fit_memory(estimator, config, data, model, device):

@@ -1,11 +1,12 @@
 """The self-label step on its own: buffers, diffusion, balance, tensors in and out."""
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from skselflabel import SinkhornAssigner, sinkhorn_knopp
 from skselflabel._graph import NeighborGraph, nearest_neighbors
-from skselflabel._labelling import SelfLabeller, _Buffers
+from skselflabel._labelling import NonFiniteOutput, SelfLabeller, _Buffers
 
 
 def _network(n_in=4, width=8, n_clusters=(3,), seed=0):
@@ -82,3 +83,20 @@ def test_buffers_are_reused_across_steps_and_narrower_heads():
     assert buffers.matrix("scratch", 10, 4, cpu).data_ptr() != wide.data_ptr()
     f = buffers.features(10, 3, cpu)
     assert buffers.features(10, 3, cpu) is f
+
+
+def test_non_finite_outputs_name_the_part_of_the_network():
+    backbone, heads = _network(n_clusters=(3, 4))
+    X_t = _data()
+    labels = torch.zeros((2, 90), dtype=torch.int64)
+    labeller = SelfLabeller(SinkhornAssigner(), None, 0)
+    with torch.no_grad():
+        heads[1].weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteOutput, match="head 1 output holds") as err:
+        labeller.relabel_(backbone, heads, 8, X_t, labels)
+    assert err.value.part == "head 1" and err.value.n_values == 90 * 4
+    assert isinstance(err.value, FloatingPointError)
+    with torch.no_grad():
+        backbone[0].bias[0] = float("nan")
+    with pytest.raises(NonFiniteOutput, match="backbone output holds 90 NaN or inf"):
+        labeller.relabel_(backbone, heads, 8, X_t, labels)
