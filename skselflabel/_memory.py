@@ -199,11 +199,19 @@ def require(phases, device, task):
     task : str
         The step, as the user called it (``"SelfLabelClusterer.fit"``).
     """
-    total, needs = peak(phases)
+    total, _ = peak(phases)
     room, source = available(device)
     if room is None or total <= room:
         return
-    largest = sorted(needs, key=lambda need: -need.nbytes)[:4]
+    # The largest parts of every phase that does not fit: lowering only the peak phase's
+    # would just move the error to the next one.
+    parts = {}
+    for phase in phases:
+        if sum(need.nbytes for need in phase) > room:
+            for need in phase:
+                if need.nbytes > parts.get(need.what, Need("", -1)).nbytes:
+                    parts[need.what] = need
+    largest = sorted(parts.values(), key=lambda need: -need.nbytes)[:5]
     parts = "; ".join(f"{need.what} {fmt(need.nbytes)}"
                       + (f" (lower: {need.lower})" if need.lower else "") for need in largest)
     raise MemoryError(

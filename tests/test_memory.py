@@ -75,6 +75,10 @@ def test_require_says_what_is_needed_what_there_is_and_what_lowers_it(monkeypatc
     for part in ("the task", "3.0 GiB", "2.0 GiB is available", f"${ENV}=2GiB",
                  "b 3.0 GiB (lower: n_b)", "c 1.0 MiB", f"{ENV}=32GiB", "'off'"):
         assert part in message, part
+    assert "a 1.0 GiB" not in message                   # its phase fits
+    monkeypatch.setenv(ENV, "512MiB")
+    with pytest.raises(MemoryError, match="b 3.0 GiB .*; a 1.0 GiB .*; c 1.0 MiB"):
+        require(phases, "cpu", "the task")             # every phase that does not fit
     monkeypatch.setenv(ENV, "4GiB")
     require(phases, "cpu", "the task")
     monkeypatch.setenv(ENV, "off")
