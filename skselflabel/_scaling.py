@@ -53,11 +53,13 @@ STAGE_MAX_ITER = 200
 # the same fixed point in fewer iterations.
 OMEGA = 1.8
 # Error plateaus (see _Plateaus): a column whose relative error keeps its sign and shrinks by
-# less than STUCK_SHRINK per measurement, STUCK_AFTER measurements in a row, is stuck; its
+# less than STUCK_SHRINK per measurement, STUCK_AFTER measurements in a row, while it is at
+# least STUCK_SHARE of the largest column error, is stuck; its
 # update is then doubled at each further measurement, up to PLATEAU_STEP in the log domain
 # (larger steps overshoot, and columns pushed at once compete for the same rows). Once a
 # plateau was seen, the loop ends only below PLATEAU_MARGIN times the tolerance.
 STUCK_SHRINK = 0.01
+STUCK_SHARE = 0.5
 STUCK_AFTER = 8
 MAX_DOUBLINGS = 16
 PLATEAU_STEP = 1.0
@@ -282,9 +284,11 @@ class _Plateaus:
 
     def update(self, deviation):
         """Count how long each column has been stuck, from its signed relative error."""
-        stuck = (self.allowed & (deviation.abs() > max(self.level, self.floor))
-                 & (deviation * self.previous > 0)
-                 & (deviation.abs() >= (1 - STUCK_SHRINK) * self.previous.abs()))
+        size = deviation.abs()
+        # A column far below the largest error is waiting for the others, not stuck.
+        stuck = (self.allowed & (size > max(self.level, self.floor))
+                 & (size >= STUCK_SHARE * size.max()) & (deviation * self.previous > 0)
+                 & (size >= (1 - STUCK_SHRINK) * self.previous.abs()))
         self.streak = torch.where(stuck, self.streak + 1, torch.zeros_like(self.streak))
         self.previous = deviation
         self.seen = self.seen or bool((self.streak >= STUCK_AFTER).any())
