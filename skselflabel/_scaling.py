@@ -52,9 +52,10 @@ STAGE_MAX_ITER = 200
 # Over-relaxation of the column update (1 = plain Sinkhorn). Values in (1, 2) converge to
 # the same fixed point in fewer iterations.
 OMEGA = 1.8
-# Error plateaus (see _Plateaus): a column whose relative error keeps its sign and shrinks by
-# less than STUCK_SHRINK per measurement, STUCK_AFTER measurements in a row, while it is at
-# least STUCK_SHARE of the largest column error, is stuck; its
+# Error plateaus (see _Plateaus): while the largest column error shrinks by less than
+# STUCK_SHRINK per measurement, a column whose own error keeps its sign and shrinks by less
+# than that, STUCK_AFTER measurements in a row, and is at least STUCK_SHARE of the largest,
+# is stuck; its
 # update is then doubled at each further measurement, up to PLATEAU_STEP in the log domain
 # (larger steps overshoot, and columns pushed at once compete for the same rows). Once a
 # plateau was seen, the loop ends only below PLATEAU_MARGIN times the tolerance.
@@ -264,10 +265,11 @@ class _Plateaus:
     other columns), so its sum does not respond to its scaling, and its relative error
     stays at a whole number of rows' mass while plain updates move its potential by only
     ``log(1 + error)`` per iteration. A column whose error keeps its sign without
-    shrinking for ``STUCK_AFTER`` measurements gets its update doubled at each further
-    such measurement, up to a step of ``PLATEAU_STEP``; the first change of sign or real
+    shrinking for ``STUCK_AFTER`` measurements, while it is among the largest (at least
+    ``STUCK_SHARE`` of the largest error), gets its update doubled at each further such
+    measurement, up to a step of ``PLATEAU_STEP``; the first change of sign or real
     progress resets it. Where plain iterations make progress nothing is stuck and nothing
-    changes.
+    changes: on ordinary logits the iterations are those of plain Sinkhorn.
 
     A plateau can sit just below the tolerance (one row's mass is 1% of a cluster with
     100 rows per cluster): once a column has been seen stuck at an error of at least
@@ -277,24 +279,31 @@ class _Plateaus:
     """
 
     def __init__(self, allowed, level, floor):
-        self.allowed, self.level, self.floor = allowed, level, floor
-        self.previous = torch.zeros_like(allowed, dtype=torch.float64)
+        self.level, self.floor = level, floor
+        self.previous = torch.full_like(allowed, math.nan, dtype=torch.float64)
         self.streak = torch.zeros_like(allowed, dtype=torch.float64)
+        self.counting = False            # whether any column has a streak
         self.seen = False
 
-    def update(self, deviation):
-        """Count how long each column has been stuck, from its signed relative error."""
-        size = deviation.abs()
+    def update(self, deviation, size, largest):
+        """Count how long each column has been stuck, from its signed relative error, its
+        size and the largest size. Runs at every measurement, so it is kept to a few vector
+        operations."""
+        # ratio >= 1 - STUCK_SHRINK: the same sign, and shrunk by less than STUCK_SHRINK.
+        ratio = deviation / self.previous
         # A column far below the largest error is waiting for the others, not stuck.
-        stuck = (self.allowed & (size > max(self.level, self.floor))
-                 & (size >= STUCK_SHARE * size.max()) & (deviation * self.previous > 0)
-                 & (size >= (1 - STUCK_SHRINK) * self.previous.abs()))
-        self.streak = torch.where(stuck, self.streak + 1, torch.zeros_like(self.streak))
+        cutoff = max(self.level, self.floor, STUCK_SHARE * largest)
+        stuck = (ratio >= 1 - STUCK_SHRINK) & (size > cutoff)
+        self.streak = (self.streak + 1) * stuck
         self.previous = deviation
-        self.seen = self.seen or bool((self.streak >= STUCK_AFTER).any())
+        top = float(self.streak.max())
+        self.counting = top > 0
+        self.seen = self.seen or top >= STUCK_AFTER
 
     def widen(self, step):
         """``step`` (the log-scaling updates) with the updates of stuck columns enlarged."""
+        if not self.counting:
+            return step
         doublings = (self.streak - STUCK_AFTER + 1).clamp(0, MAX_DOUBLINGS)
         boosted = step * torch.pow(2.0, doublings)
         limit = torch.clamp(step.abs(), min=PLATEAU_STEP)
@@ -318,9 +327,10 @@ class _Errors:
         col = acc * log_v.exp()
         deviation = torch.where(self.allowed, (col - self.target) / self.safe_target,
                                 torch.zeros_like(col))
-        self.plateaus.update(deviation)
-        err = float(deviation.abs().max())
+        size = deviation.abs()
+        err = float(size.max())
         self.err = err if math.isfinite(err) else math.inf
+        self.plateaus.update(deviation, size, self.err)
         return self.err
 
     def keep_going(self, it, tol):
