@@ -269,7 +269,7 @@ class _Plateaus:
     ``STUCK_SHARE`` of the largest error), gets its update doubled at each further such
     measurement, up to a step of ``PLATEAU_STEP``; the first change of sign or real
     progress resets it. Where plain iterations make progress nothing is stuck and nothing
-    changes: on ordinary logits the iterations are those of plain Sinkhorn.
+    changes: ordinary logits take the same iterations to the same result.
 
     A plateau can sit just below the tolerance (one row's mass is 1% of a cluster with
     100 rows per cluster): once a column has been seen stuck at an error of at least
