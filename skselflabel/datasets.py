@@ -124,11 +124,13 @@ def _locate(stems, data_home):
 def _read_split(images_path, labels_path):
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
-    if images.shape[0] == 0 or images.shape[1:] != _IMAGE_SHAPE:
+    if images.shape[0] == 0:
+        raise ValueError(f"{images_path} holds no images (its header declares 0); "
+                         "Fashion-MNIST has 60,000 for training and 10,000 for testing.")
+    if images.shape[1:] != _IMAGE_SHAPE:
         raise ValueError(
-            f"{images_path} holds {images.shape[0]} images of {images.shape[1]} x "
-            f"{images.shape[2]} pixels; Fashion-MNIST has images of 28 x 28 pixels "
-            "(60,000 for training, 10,000 for testing). Is it another data set's file?")
+            f"{images_path} holds images of {images.shape[1]} x {images.shape[2]} pixels; "
+            "Fashion-MNIST's are 28 x 28. Is it another data set's file?")
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         raise ValueError(
             f"{images_path} and {labels_path} must hold unsigned bytes (IDX type 0x08), "

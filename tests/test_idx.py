@@ -58,13 +58,13 @@ def test_negative_dimensions_are_named(tmp_path, shape):
 
 
 @pytest.mark.parametrize("n, size, match", [
-    (0, (28, 28), "holds 0 images"),              # was accepted: an empty data set
-    (4, (5, 7), "images of 5 x 7 pixels"),         # was accepted as Fashion-MNIST
+    (0, (28, 28), "holds no images"),              # was numpy's "cannot reshape array"
+    (4, (5, 7), "images of 5 x 7 pixels.*28 x 28"),  # was accepted as Fashion-MNIST
 ])
 def test_images_that_are_not_fashion_mnist_are_refused(tmp_path, n, size, match):
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((n, *size), np.uint8))
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(n, np.uint8))
-    with pytest.raises(ValueError, match=match + ".*28 x 28"):
+    with pytest.raises(ValueError, match=match):
         load_fashion_mnist(tmp_path, split="test")
 
 
