@@ -41,8 +41,6 @@ DIFFUSION_CHUNK_ELEMENTS = 2**24
 WARMUP_ELEMENTS = 4_000_000
 WARMUP_ROWS_PER_CLUSTER = 8
 SOLVER_BYTES_PER_ROW = 6 * FLOAT64
-# Batches of inference (_inference.INFERENCE_BATCH).
-INFERENCE_BATCH = 256
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
