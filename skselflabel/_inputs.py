@@ -13,10 +13,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import validate_data
 
+from ._ties import distinct_rows
+
 # Channel counts of images: gray, RGB, RGBA.
 _CHANNELS = (1, 3, 4)
-# Rows compared at once when counting distinct samples.
-_DISTINCT_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -82,23 +82,13 @@ def check_cluster_count(data, n_clusters):
     clusters must stay empty (as :class:`~sklearn.cluster.KMeans` does)."""
     if data.n_samples < n_clusters:
         raise ValueError(f"n_samples={data.n_samples} should be >= n_clusters={n_clusters}.")
-    distinct = _count_distinct(data.X.reshape(data.n_samples, -1), n_clusters)
+    distinct = distinct_rows(torch.from_numpy(data.X.reshape(data.n_samples, -1)), n_clusters)
     if distinct < n_clusters:
         warnings.warn(
             f"Number of distinct samples ({distinct}) in X is smaller than n_clusters "
             f"({n_clusters}): identical samples get identical labels, so at most {distinct} "
             "clusters can be used. Possibly due to duplicate points in X.",
             ConvergenceWarning, stacklevel=3)
-
-
-def _count_distinct(rows, enough):
-    """Distinct rows of a 2-D array, counted block by block up to ``enough``."""
-    seen = rows[:0]
-    for start in range(0, rows.shape[0], _DISTINCT_BLOCK):
-        seen = np.unique(np.concatenate([seen, rows[start:start + _DISTINCT_BLOCK]]), axis=0)
-        if seen.shape[0] >= enough:
-            break
-    return seen.shape[0]
 
 
 def check_predict_input(estimator, X):

@@ -11,6 +11,8 @@ are visited (:class:`Rows`) and how column sums are combined across processes
 so no row can vanish and nothing can overflow; the scalings found by the iterations are
 folded back into ``g`` (absorbed) whenever they grow. Functions return tensors on the
 device of the scores; :mod:`skselflabel._sinkhorn` turns them into the public result.
+What exactly tied rows need (plateaus of the error, empty clusters) is in
+:mod:`skselflabel._ties`.
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,6 +23,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._threads import limit_own_threads
+from ._ties import PLATEAU_MARGIN, Plateaus, warn_if_tied_rows
 
 try:    # the optional compiled sweep (setup.py); the pure-torch sweep gives the same results
     from . import _fused
@@ -52,19 +55,6 @@ STAGE_MAX_ITER = 200
 # Over-relaxation of the column update (1 = plain Sinkhorn). Values in (1, 2) converge to
 # the same fixed point in fewer iterations.
 OMEGA = 1.8
-# Error plateaus (see _Plateaus): while the largest column error shrinks by less than
-# STUCK_SHRINK per measurement, a column whose own error keeps its sign and shrinks by less
-# than that, STUCK_AFTER measurements in a row, and is at least STUCK_SHARE of the largest,
-# is stuck; its
-# update is then doubled at each further measurement, up to PLATEAU_STEP in the log domain
-# (larger steps overshoot, and columns pushed at once compete for the same rows). Once a
-# plateau was seen, the loop ends only below PLATEAU_MARGIN times the tolerance.
-STUCK_SHRINK = 0.01
-STUCK_SHARE = 0.5
-STUCK_AFTER = 8
-MAX_DOUBLINGS = 16
-PLATEAU_STEP = 1.0
-PLATEAU_MARGIN = 0.9
 
 
 def block_rows(K, itemsize, device):
@@ -132,7 +122,7 @@ class Problem:
 
     @property
     def plateau_level(self):
-        """Error plateaus at or above this must be left (see ``_Plateaus``)."""
+        """Error plateaus at or above this must be left (see :class:`~._ties.Plateaus`)."""
         return PLATEAU_MARGIN * self.target_tol
 
     def stage(self, **changes):
@@ -257,59 +247,6 @@ def _sweep_fn(W, v, u, r):
     return sweep
 
 
-class _Plateaus:
-    """Columns stuck on an error plateau, and the larger steps that get them off it.
-
-    With exactly tied rows (identical copies, such as the one-hot scores of a collapsed
-    network) a column can sit in a "dead zone": its rows are fully committed to it (or to
-    other columns), so its sum does not respond to its scaling, and its relative error
-    stays at a whole number of rows' mass while plain updates move its potential by only
-    ``log(1 + error)`` per iteration. A column whose error keeps its sign without
-    shrinking for ``STUCK_AFTER`` measurements, while it is among the largest (at least
-    ``STUCK_SHARE`` of the largest error), gets its update doubled at each further such
-    measurement, up to a step of ``PLATEAU_STEP``; the first change of sign or real
-    progress resets it. Where plain iterations make progress nothing is stuck and nothing
-    changes: ordinary logits take the same iterations to the same result.
-
-    A plateau can sit just below the tolerance (one row's mass is 1% of a cluster with
-    100 rows per cluster): once a column has been seen stuck at an error of at least
-    ``level``, the loop must get below ``level`` (see :meth:`_Errors.keep_going`). So no
-    stage of epsilon-scaling ends on such a plateau, which the next stage, doubling the
-    potentials, would make twice as deep.
-    """
-
-    def __init__(self, allowed, level, floor):
-        self.level, self.floor = level, floor
-        self.previous = torch.full_like(allowed, math.nan, dtype=torch.float64)
-        self.streak = torch.zeros_like(allowed, dtype=torch.float64)
-        self.counting = False            # whether any column has a streak
-        self.seen = False
-
-    def update(self, deviation, size, largest):
-        """Count how long each column has been stuck, from its signed relative error, its
-        size and the largest size. Runs at every measurement, so it is kept to a few vector
-        operations."""
-        # ratio >= 1 - STUCK_SHRINK: the same sign, and shrunk by less than STUCK_SHRINK.
-        ratio = deviation / self.previous
-        # A column far below the largest error is waiting for the others, not stuck.
-        cutoff = max(self.level, self.floor, STUCK_SHARE * largest)
-        stuck = (ratio >= 1 - STUCK_SHRINK) & (size > cutoff)
-        self.streak = (self.streak + 1) * stuck
-        self.previous = deviation
-        top = float(self.streak.max())
-        self.counting = top > 0
-        self.seen = self.seen or top >= STUCK_AFTER
-
-    def widen(self, step):
-        """``step`` (the log-scaling updates) with the updates of stuck columns enlarged."""
-        if not self.counting:
-            return step
-        doublings = (self.streak - STUCK_AFTER + 1).clamp(0, MAX_DOUBLINGS)
-        boosted = step * torch.pow(2.0, doublings)
-        limit = torch.clamp(step.abs(), min=PLATEAU_STEP)
-        return torch.where(doublings > 0, boosted.clamp(-limit, limit), step)
-
-
 class _Errors:
     """Marginal error of the plan after each sweep, and the rules that stop on it."""
 
@@ -321,7 +258,7 @@ class _Errors:
         self.err = self.best = self.window_err = math.inf
         self.omega = OMEGA
         self.stalled = False
-        self.plateaus = _Plateaus(self.allowed, level, floor)
+        self.plateaus = Plateaus(self.allowed, level, floor)
 
     def measure(self, acc, log_v):
         col = acc * log_v.exp()
@@ -367,7 +304,7 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     some column in a "dead zone": the rows that should move to it have kernel entries of
     about ``exp(-lam * gap)`` there, so its sum barely responds to its scaling, and plain
     iterations creep towards the solution by ``log(1 + error)`` per iteration (thousands of
-    iterations for tied one-hot scores). Wider steps for stuck columns (``_Plateaus``)
+    iterations for tied one-hot scores). Wider steps for stuck columns (``_ties.Plateaus``)
     shorten the climb; if the error still does not halve, the caller anneals ``lam``.
     """
     built = [g.clone()]               # potentials at which W was built or last absorbed
@@ -501,7 +438,7 @@ def finish(problem, res, row_max, max_iter):
 
     problem.rows.map(argmax)
     if problem.reduce_fn is None:       # other processes' rows are not here to count
-        _warn_if_tied_rows(W, labels, problem)
+        warn_if_tied_rows(W, labels, problem)
     log_u = res.u.log() - res.a - problem.lam * row_max
     converged = res.error <= problem.tol
     if res.drift > SAFE_DRIFT:
@@ -516,33 +453,3 @@ def finish(problem, res, row_max, max_iter):
                       "or lower lam.", ConvergenceWarning, stacklevel=4)
     return Solution(labels=labels, log_u=log_u, log_v=res.g + res.log_v, n_iter=res.n_iter,
                     marginal_error=float(res.error), converged=converged)
-
-
-def _warn_if_tied_rows(W, labels, problem):
-    """Warn when the labels fill fewer clusters than they could because rows are tied.
-
-    Rows with the same scores (up to a constant) get the same label, so with fewer
-    distinct rows than clusters the hard labels cannot be balanced, however balanced the
-    plan is. The rows are counted (on the kernel: equal score rows give equal kernel rows)
-    only when the labels leave clusters empty.
-    """
-    n_clusters = int(torch.isfinite(problem.log_p).sum())
-    used = int(torch.bincount(labels, minlength=W.shape[1]).count_nonzero())
-    if used >= min(W.shape[0], n_clusters):
-        return
-    distinct = _distinct_rows(W, problem.rows.block, n_clusters)
-    if distinct < n_clusters:
-        warnings.warn(f"scores has {distinct} distinct row(s) (up to a constant per row) for "
-                      f"{n_clusters} clusters: identical rows get the same label, so the "
-                      f"labels use only {used} cluster(s). Possibly due to duplicate points "
-                      "in the data.", ConvergenceWarning, stacklevel=6)
-
-
-def _distinct_rows(W, block, enough):
-    """Distinct rows of ``W``, counted block by block up to ``enough``."""
-    seen = W[:0]
-    for s in range(0, W.shape[0], block):
-        seen = torch.unique(torch.cat([seen, W[s:s + block]]), dim=0)
-        if seen.shape[0] >= enough:
-            break
-    return seen.shape[0]
