@@ -82,7 +82,11 @@ def check_cluster_count(data, n_clusters):
     clusters must stay empty (as :class:`~sklearn.cluster.KMeans` does)."""
     if data.n_samples < n_clusters:
         raise ValueError(f"n_samples={data.n_samples} should be >= n_clusters={n_clusters}.")
-    distinct = distinct_rows(torch.from_numpy(data.X.reshape(data.n_samples, -1)), n_clusters)
+    with warnings.catch_warnings():
+        # A read-only X (a memory map) is only read here.
+        warnings.simplefilter("ignore", UserWarning)
+        rows = torch.from_numpy(data.X.reshape(data.n_samples, -1))
+    distinct = distinct_rows(rows, n_clusters)
     if distinct < n_clusters:
         warnings.warn(
             f"Number of distinct samples ({distinct}) in X is smaller than n_clusters "
