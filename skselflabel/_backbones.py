@@ -267,4 +267,10 @@ def _output_width(module, input_shape, method="forward"):
             f"The backbone's {method} must return a 2-D tensor (batch, features); for a batch of shape "
             f"{(2, *input_shape)} it returned shape {tuple(out.shape)}. Add a Flatten at its end."
         )
+    if out.shape[1] == 0:
+        raise ValueError(
+            f"The backbone's {method} returns 0 features per sample (shape "
+            f"{tuple(out.shape)} for a batch of shape {(2, *input_shape)}); the heads need "
+            "at least one."
+        )
     return int(out.shape[1])

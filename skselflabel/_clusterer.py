@@ -8,7 +8,6 @@ from numbers import Integral, Real
 import torch
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                           TransformerMixin, _fit_context)
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -17,12 +16,13 @@ from ._config import resolve_config
 from ._events import CallbackSupportMixin, HistoryRecorder, fit_events
 from ._graph import NeighborGraph
 from ._inference import represent
-from ._inputs import check_fit_input, check_predict_input, training_device
+from ._inputs import (check_cluster_count, check_fit_input, check_predict_input,
+                      training_device)
 from ._labelling import SelfLabeller
-from ._model import (checked_assigner, checked_state, commit, data_attributes,
-                     default_assigner, first_head_labels, first_head_logits, initial_labels,
-                     initial_model,
-                     pickled_state, place_modules, snapshot)
+from ._model import (balanced_log_likelihood, check_fit_memory, checked_assigner,
+                     checked_state, commit, data_attributes, default_assigner,
+                     diverged_training, first_head_labels, first_head_logits, fit_seeds,
+                     initial_labels, initial_model, pickled_state, place_modules, snapshot)
 from ._source import Feeder
 from ._training import Trainer, make_optimizer
 
@@ -139,8 +139,9 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, initial labels, shuffling, neighbour picks and augmentation
-        through private generators; torch's and ``random``'s global RNGs are never used.
-        An int gives reproducible results on the CPU.
+        through private generators; None takes fresh seeds from the operating system.
+        The global RNGs of numpy, torch and ``random`` are never used or advanced. An int
+        gives reproducible results on the CPU.
 
     verbose : int, default=0
         1 shows a progress bar per epoch (tqdm, in a terminal or Jupyter; plain lines
@@ -286,13 +287,15 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
             The fitted estimator.
         """
         data = check_fit_input(self, X, self.num_workers)
+        check_cluster_count(data, self.n_clusters)
         config = resolve_config(self.get_params(deep=False), data.n_samples,
                                 data.sample_shape)
         assigner = checked_assigner(self.assigner, self.n_clusters)
-        seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
+        seeds = fit_seeds(self.random_state)
         device = training_device(self.device)
         init_gen = torch.Generator().manual_seed(int(seeds[0]))
         model = initial_model(self, data, init_gen, device)
+        check_fit_memory(self, config, data, model, device)
         feeder = Feeder(data.source, model["_scaling"], device)
         generators = (torch.Generator(feeder.index_device).manual_seed(int(seeds[1])),
                       torch.Generator(device).manual_seed(int(seeds[2])))
@@ -305,11 +308,12 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
                      if config.n_neighbors > 0 else None)
             optimizer = make_optimizer(self.optimizer, (model["backbone_"], model["heads_"]),
                                        config.lr, self.momentum, self.weight_decay)
-            outcome = Trainer(
+            trainer = Trainer(
                 model["backbone_"], model["heads_"], model["_head_width"], config, optimizer,
                 SelfLabeller(assigner, graph, config.diffusion_steps), graph, generators,
-                events, first_epoch=len(model["history_"]) + 1,
-            ).run(feeder, labels)
+                events, first_epoch=len(model["history_"]) + 1)
+            with diverged_training(trainer, history, self):
+                outcome = trainer.run(feeder, labels)
         model.update(self_labels_=labels.cpu().numpy(), n_iter_=outcome.epochs,
                      history_=history.frame(model["history_"]), _device=str(device),
                      labels_=first_head_labels(model, feeder).cpu().numpy(),
@@ -420,13 +424,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         score : float
             Mean log-likelihood of the balanced labels.
         """
-        logits = first_head_logits(vars(self), self._inference_input(X)).double()
-        with warnings.catch_warnings():
-            # A few samples cannot always meet the cluster sizes exactly; the labels are
-            # still the best balanced guess, which is all the score needs.
-            warnings.simplefilter("ignore", category=Warning)
-            q = checked_assigner(self.assigner, self.n_clusters).assign_tensor(logits, copy=True).labels
-        return float(torch.log_softmax(logits, 1).gather(1, q[:, None]).mean())
+        return balanced_log_likelihood(vars(self), self._inference_input(X),
+                                       checked_assigner(self.assigner, self.n_clusters))
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):

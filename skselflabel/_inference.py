@@ -62,14 +62,21 @@ def represent(backbone, feeder, width):
                       device=feeder.device)
 
 
+@torch.no_grad()
+def head_batches(head, features):
+    """``(start, logits)`` of one head for consecutive padded batches of ``features``:
+    the numbers of :func:`head_logits`, one batch at a time."""
+    for start, batch in zip(range(0, features.shape[0], INFERENCE_BATCH), slices(features)):
+        yield start, map_padded(head, [batch], batch.shape[0], head.out_features)
+
+
 def head_labels(backbone, head, feeder, width):
     """The argmax of one head for every sample, batch by batch: memory for the labels only
     (no ``(n_samples, n_clusters)`` logits), the same labels as ``head_logits(...).argmax(1)``."""
     features = embed(backbone, feeder, width)
     labels = torch.empty(features.shape[0], dtype=torch.int64, device=features.device)
-    for start, batch in zip(range(0, features.shape[0], INFERENCE_BATCH), slices(features)):
-        logits = map_padded(head, [batch], batch.shape[0], head.out_features)
-        labels[start:start + batch.shape[0]] = logits.argmax(1)
+    for start, logits in head_batches(head, features):
+        labels[start:start + logits.shape[0]] = logits.argmax(1)
     return labels
 
 

@@ -8,12 +8,18 @@ array either: it keeps its dtype (uint8 images stay uint8) and a memory map stay
 """
 import copy
 from dataclasses import dataclass
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import validate_data
 
 from ._source import as_source
+from ._ties import distinct_count
+
+# Channel counts of images: gray, RGB, RGBA.
+_CHANNELS = (1, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,18 @@ def _check_ndim(X):
     return X
 
 
+def _check_channels_first(X):
+    """Refuse channels-last images, which would be read as many channels of thin images."""
+    if X.ndim == 4 and X.shape[-1] in _CHANNELS and X.shape[1] not in _CHANNELS:
+        raise ValueError(
+            f"X looks like channels-last images: shape {X.shape} reads as {X.shape[1]} "
+            f"channels of {X.shape[2]} x {X.shape[3]} pixels. Images must be (n_samples, "
+            "channels, height, width): pass np.moveaxis(X, -1, 1) (for a torch tensor, "
+            "X.permute(0, 3, 1, 2))."
+        )
+    return X
+
+
 def _dataset_input(X, num_workers, min_samples):
     source = as_source(X, num_workers)
     if source.n_samples < min_samples:
@@ -76,10 +94,25 @@ def check_fit_input(estimator, X, num_workers=0):
     stand_in = copy.copy(estimator)
     X = validate_data(stand_in, _as_array_or_frame(X), reset=True, dtype="numeric",
                       allow_nd=True, ensure_min_samples=2)
-    return CheckedInput(source=as_source(_check_ndim(X)),
+    return CheckedInput(source=as_source(_check_channels_first(_check_ndim(X))),
                         n_features_in=stand_in.n_features_in_,
                         feature_names_in=getattr(stand_in, "feature_names_in_", None),
                         sample_shape=tuple(X.shape[1:]))
+
+
+def check_cluster_count(data, n_clusters):
+    """Refuse more clusters than samples, and warn when samples repeat so much that some
+    clusters must stay empty (as :class:`~sklearn.cluster.KMeans` does)."""
+    if data.n_samples < n_clusters:
+        raise ValueError(f"n_samples={data.n_samples} should be >= n_clusters={n_clusters}.")
+    blocks = (batch.flatten(1) for batch in data.source.raw_sequential())
+    distinct = distinct_count(blocks, n_clusters)
+    if distinct < n_clusters:
+        warnings.warn(
+            f"Number of distinct samples ({distinct}) in X is smaller than n_clusters "
+            f"({n_clusters}): identical samples get identical labels, so at most {distinct} "
+            "clusters can be used. Possibly due to duplicate points in X.",
+            ConvergenceWarning, stacklevel=3)
 
 
 def check_predict_input(estimator, X, num_workers=0):
@@ -170,12 +203,32 @@ def training_device(device):
             f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got "
             f"{device!r}."
         ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if resolved.type == "meta":
+        raise ValueError(f"device={device!r} holds no data, so nothing can be trained on it; "
+                         "use device='auto', 'cpu' or 'cuda'.")
+    if not _available(resolved):
+        name = {"cuda": "CUDA", "mps": "MPS (Apple GPUs)"}.get(resolved.type, resolved.type)
         raise ValueError(
-            f"device={device!r} was requested but CUDA is not available; use "
+            f"device={device!r} was requested but {name} is not available; use "
             "device='auto' or 'cpu'."
         )
     return resolved
+
+
+def _available(device):
+    """Whether torch can compute on ``device`` in this process."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    try:    # other backends (xpu, ...): whether a tensor and a generator can be made there
+        torch.empty(1, device=device)
+        torch.Generator(device=device)
+    except (RuntimeError, AssertionError, AttributeError):
+        return False
+    return True
 
 
 def inference_device(trained_on):

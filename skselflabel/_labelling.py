@@ -30,6 +30,31 @@ from ._interrupt import check_interrupt
 EARLY_SIZE_TOLERANCE = 2.0
 
 
+class NonFiniteOutput(FloatingPointError):
+    """The network gave NaN or inf on the training data at a self-label step.
+
+    Raised instead of letting the solver blame its input ("scores contains NaN"): the
+    estimator adds when it happened and what to try (see ``_model.diverged_training``).
+
+    Attributes
+    ----------
+    part : str
+        ``"backbone"`` (its features) or ``"head h"`` (that head's logits).
+    n_bad, n_values : int
+        Non-finite values, and values in all, of that output.
+    """
+
+    def __init__(self, part, n_bad, n_values):
+        self.part, self.n_bad, self.n_values = part, n_bad, n_values
+        super().__init__(f"the network's {part} output holds {n_bad} NaN or inf values out "
+                         f"of {n_values} on the training data")
+
+
+def _check_finite(values, part):
+    if not torch.isfinite(values).all():
+        raise NonFiniteOutput(part, int((~torch.isfinite(values)).sum()), values.numel())
+
+
 class _Buffers:
     """Reused storage: features (N, D), one head's logits (N, K), diffusion scratch."""
 
@@ -83,6 +108,7 @@ class SelfLabeller:
         heads.eval()
         n, device = feeder.n_samples, feeder.device
         features = embed(backbone, feeder, width, out=self.buffers.features(n, width, device))
+        _check_finite(features, "backbone")
         on_features = self.diffusion_steps > 0 and max(h.out_features for h in heads) > width
         if on_features:
             scratch = self.buffers.matrix("scratch", n, width, device)
@@ -95,6 +121,7 @@ class SelfLabeller:
                 events.relabel(h, len(heads))
             logits = self.buffers.matrix("logits", n, head.out_features, device)
             torch.addmm(head.bias, features, head.weight.T, out=logits)
+            _check_finite(logits, f"head {h}")
             if self.diffusion_steps > 0 and not on_features:
                 scratch = self.buffers.matrix("scratch", n, head.out_features, device)
                 self.graph.diffuse_(logits, self.diffusion_steps, scratch)

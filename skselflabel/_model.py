@@ -5,15 +5,23 @@ on the estimator together, replacing all the previous ones: a fit that fails bef
 leaves the estimator exactly as it was. The same dicts serve callbacks (a snapshot of the
 model mid-fit), inference and pickling.
 """
+from contextlib import contextmanager
 import copy
+import math
+import warnings
 
+import numpy as np
 import torch
+from sklearn.utils import check_random_state
 
 from ._assigner import SinkhornAssigner
 from ._backbones import build_network
+from ._descriptors import gradient_histograms
 from ._events import empty_history
-from ._inference import head_labels, head_logits
+from ._inference import embed, head_batches, head_labels, head_logits
 from ._inputs import InputScaling, inference_device
+from ._labelling import NonFiniteOutput
+from ._memory import fit_phases, require, score_phases
 from ._sinkhorn import check_prior
 
 # The default self-label step: SeLa's CIFAR temperature; labels are an argmax, so a
@@ -66,6 +74,53 @@ def initial_model(estimator, data, generator, device):
     return model
 
 
+def fit_seeds(random_state):
+    """Three seeds for a fit: drawn from ``random_state``, or for None from fresh entropy
+    of the operating system, never from (nor advancing) numpy's global RNG."""
+    if random_state is None:
+        return np.random.default_rng().integers(0, 2**31 - 1, size=3)
+    return check_random_state(random_state).randint(0, 2**31 - 1, size=3)
+
+
+@contextmanager
+def diverged_training(trainer, history, estimator):
+    """Turn non-finite network outputs met by a self-label step into a FloatingPointError
+    that says when it happened and what to try."""
+    try:
+        yield
+    except NonFiniteOutput as exc:
+        raise FloatingPointError(_divergence_message(exc, trainer, history,
+                                                     estimator)) from None
+
+
+def _divergence_message(exc, trainer, history, estimator):
+    cfg = trainer.config
+    counts = f"{exc.n_bad} NaN or inf values (out of {exc.n_values}) on the training data"
+    if trainer.step == 0:
+        return (f"The network's {exc.part} output holds {counts} before any training step: "
+                "it produces them from the start. Check the backbone (a division by zero, the "
+                "log of a non-positive number, an overflow) on inputs of this scale.")
+    epoch = trainer.first_epoch + min(trainer.step // cfg.steps_per_epoch, cfg.max_epochs - 1)
+    bad_loss = [r.epoch for r in history.records if not math.isfinite(r.loss)]
+    since = f"; the loss was first NaN or inf in epoch {bad_loss[0]}" if bad_loss else ""
+    return (f"Training diverged: the network's {exc.part} output holds {counts} at the "
+            f"self-label step of epoch {epoch}, after {trainer.step} gradient steps{since}. "
+            f"Lower lr (it is {cfg.lr:g} with optimizer={estimator.optimizer!r}), try "
+            "optimizer='adam', or check the backbone for operations that overflow.")
+
+
+def check_fit_memory(estimator, config, data, model, device):
+    """Refuse, with a MemoryError that says why, a fit whose buffers do not fit ``device``
+    (see :mod:`skselflabel._memory`); run before the large allocations."""
+    d = math.prod(data.sample_shape)
+    if (isinstance(config.neighbor_features, str) and config.neighbor_features == "gradients"
+            and len(data.sample_shape) == 3):    # for tables the graph says what is wrong
+        d = gradient_histograms(torch.zeros((1, *data.sample_shape))).shape[1]
+    require(fit_phases(data.n_samples, d, estimator.n_clusters, estimator.n_heads,
+                       model["_head_width"], config.n_neighbors, config.diffusion_steps),
+            device, "SelfLabelClusterer.fit")
+
+
 def initial_labels(heads, n_samples, generator, device):
     """Balanced random labels (i mod K, permuted) per head, as in SeLa; the first
     self-label step replaces them before any gradient step."""
@@ -87,6 +142,36 @@ def first_head_logits(model, feeder):
 def first_head_labels(model, feeder):
     """Labels of the first head (``predict``) for the feeder's samples."""
     return head_labels(model["backbone_"], model["heads_"][0], feeder, model["_head_width"])
+
+
+def balanced_log_likelihood(model, feeder, assigner):
+    """Mean log-probability, under the first head, of the balanced labels of the feeder's
+    samples.
+
+    Holds one ``n x n_clusters`` float32 buffer: the logits' row log-normalisers are taken
+    batch by batch, the assigner overwrites the logits (``copy=False``), and the logit of
+    each sample's label is recomputed from the features in the same padded batches, so it
+    is bit for bit the one the labels came from.
+    """
+    head, width = model["heads_"][0], model["_head_width"]
+    n, k = feeder.n_samples, head.out_features
+    require(score_phases(n, k, width), feeder.device, "SelfLabelClusterer.score")
+    with torch.no_grad():
+        features = embed(model["backbone_"], feeder, width)
+        logits = torch.empty((n, k), device=features.device)
+        log_norm = torch.empty(n, dtype=torch.float64, device=features.device)
+        for start, batch in head_batches(head, features):
+            logits[start:start + batch.shape[0]] = batch
+            log_norm[start:start + batch.shape[0]] = torch.logsumexp(batch.double(), 1)
+        with warnings.catch_warnings():
+            # A few samples cannot always meet the cluster sizes exactly; the labels are
+            # still the best balanced guess, which is all the score needs.
+            warnings.simplefilter("ignore", category=Warning)
+            labels = assigner.assign_tensor(logits, copy=False).labels
+        del logits
+        picked = torch.cat([batch.gather(1, labels[start:start + batch.shape[0], None])[:, 0]
+                            for start, batch in head_batches(head, features)])
+    return float((picked.double() - log_norm).mean())
 
 
 def snapshot(model, data, feeder):

@@ -11,6 +11,8 @@ are visited (:class:`Rows`) and how column sums are combined across processes
 so no row can vanish and nothing can overflow; the scalings found by the iterations are
 folded back into ``g`` (absorbed) whenever they grow. Functions return tensors on the
 device of the scores; :mod:`skselflabel._sinkhorn` turns them into the public result.
+What exactly tied rows need (plateaus of the error, empty clusters) is in
+:mod:`skselflabel._ties`.
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -22,6 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from ._interrupt import check_interrupt
 from ._threads import limit_own_threads
+from ._ties import PLATEAU_MARGIN, Plateaus, warn_if_tied_rows
 
 try:    # the optional compiled sweep (setup.py); the pure-torch sweep gives the same results
     from . import _fused
@@ -41,6 +44,8 @@ ZERO_BELOW = 2.0 * math.exp(EXP_MIN)
 # In place, entries dropped when the kernel was built stay negligible (below exp(-40) of their
 # row's largest) while the potentials drift by less than 87 - 40.
 SAFE_DRIFT = 47.0
+# Potentials spreading over more than this are added to the scores in float64 (make_kernel).
+PRECISE_SPREAD = 64.0
 # CPU: row ranges per worker thread (see Rows).
 RANGES_PER_WORKER = 4
 # Bytes of one row block of the fused sweep: it should sit in a core's L2 cache.
@@ -109,6 +114,17 @@ class Problem:
     tol: float                # stop at this largest relative marginal error
     rows: Rows                # how the rows are visited
     reduce_fn: object = None  # sums column sums over processes (data-parallel), or None
+    final_tol: float = None   # tol of the whole solve, when a stage's tol is looser
+
+    @property
+    def target_tol(self):
+        """The tolerance the solve must reach in the end."""
+        return self.tol if self.final_tol is None else self.final_tol
+
+    @property
+    def plateau_level(self):
+        """Error plateaus at or above this must be left (see :class:`~._ties.Plateaus`)."""
+        return PLATEAU_MARGIN * self.target_tol
 
     def stage(self, **changes):
         """The same problem with some fields changed (an annealing stage, a subsample)."""
@@ -135,18 +151,13 @@ def make_kernel(problem, D, W, g, row_max=None):
     block is read before it is written. Returns ``a`` (float64) with ``row_max`` folded out.
     """
     a = torch.empty(D.shape[0], dtype=torch.float64, device=D.device)
-    gw = g.to(W.dtype)
-    lam = problem.lam
+    exponent = _exponent_fn(problem.lam, g, W.dtype)
 
     def build(lo, hi, block):
         for s in range(lo, hi, block):
             e = min(hi, s + block)
-            w, d = W[s:e], D[s:e]
-            if row_max is not None:
-                d = d.to(W.dtype) - row_max[s:e, None].to(W.dtype)
-            torch.add(gw, d, alpha=lam, out=w)
-            m = w.amax(1, keepdim=True)
-            w -= m
+            w = W[s:e]
+            m = exponent(D[s:e], None if row_max is None else row_max[s:e, None], w)
             # exp of arguments below float32's normal range is ~15x slower and gives
             # denormals: clamp, then flush the floor to an exact zero.
             w.clamp_min_(EXP_MIN).exp_()
@@ -155,6 +166,41 @@ def make_kernel(problem, D, W, g, row_max=None):
 
     problem.rows.map(build)
     return a
+
+
+def _exponent_fn(lam, g, dtype):
+    """``exponent(d, row_max, out)``: ``out = x - max_k x`` for ``x = lam * (d - row_max) + g``,
+    returning the row maxima.
+
+    An entry that survives in the kernel has ``lam * (d - row_max) >= -87 - spread(g)``, so
+    formed in the kernel's precision its exponent is off by about ``eps * (87 + spread(g))``.
+    When the potentials spread over more than ``PRECISE_SPREAD`` (thousands, for lam = 100
+    and a logit gap of 50) that would show as ~1e-4 in the marginals: the exponent is then
+    formed and shifted in float64 (slower, so only then).
+    """
+    finite = g[torch.isfinite(g)]
+    spread = float(finite.max() - finite.min()) if finite.numel() else 0.0
+    if dtype == torch.float64 or spread <= PRECISE_SPREAD:
+        gw = g.to(dtype)
+
+        def exponent(d, row_max, out):
+            if row_max is not None:
+                d = d.to(dtype) - row_max.to(dtype)
+            torch.add(gw, d, alpha=lam, out=out)
+            m = out.amax(1, keepdim=True)
+            out -= m
+            return m
+        return exponent
+
+    def precise_exponent(d, row_max, out):
+        x = d.to(torch.float64, copy=True)
+        if row_max is not None:
+            x -= row_max
+        x.mul_(lam).add_(g)
+        m = x.amax(1, keepdim=True)
+        out.copy_(x.sub_(m))
+        return m
+    return precise_exponent
 
 
 def absorb_in_place(W, rows, a, log_v):
@@ -205,7 +251,7 @@ def _sweep_fn(W, v, u, r):
 class _Errors:
     """Marginal error of the plan after each sweep, and the rules that stop on it."""
 
-    def __init__(self, log_p, stall_window):
+    def __init__(self, log_p, stall_window, level, floor):
         self.target = log_p.exp()
         self.allowed = self.target > 0
         self.safe_target = torch.where(self.allowed, self.target, torch.ones_like(self.target))
@@ -213,18 +259,21 @@ class _Errors:
         self.err = self.best = self.window_err = math.inf
         self.omega = OMEGA
         self.stalled = False
+        self.plateaus = Plateaus(self.allowed, level, floor)
 
     def measure(self, acc, log_v):
         col = acc * log_v.exp()
-        rel = torch.where(self.allowed, (col - self.target).abs() / self.safe_target,
-                          torch.zeros_like(col))
-        err = float(rel.max())
+        deviation = torch.where(self.allowed, (col - self.target) / self.safe_target,
+                                torch.zeros_like(col))
+        size = deviation.abs()
+        err = float(size.max())
         self.err = err if math.isfinite(err) else math.inf
+        self.plateaus.update(deviation, size, self.err)
         return self.err
 
     def keep_going(self, it, tol):
         """After measuring at iteration ``it``: whether to iterate on (may set ``stalled``)."""
-        if self.err <= tol:
+        if self.err <= (min(tol, self.plateaus.level) if self.plateaus.seen else tol):
             return False
         if self.err > 2.0 * self.best:    # over-relaxation is not always monotone: fall back
             self.omega = 1.0
@@ -256,11 +305,14 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     some column in a "dead zone": the rows that should move to it have kernel entries of
     about ``exp(-lam * gap)`` there, so its sum barely responds to its scaling, and plain
     iterations creep towards the solution by ``log(1 + error)`` per iteration (thousands of
-    iterations for tied one-hot scores). The caller then anneals ``lam`` instead.
+    iterations for tied one-hot scores). Wider steps for stuck columns (``_ties.Plateaus``)
+    shorten the climb; if the error still does not halve, the caller anneals ``lam``.
     """
     built = [g.clone()]               # potentials at which W was built or last absorbed
     N, K = W.shape
-    errors = _Errors(problem.log_p, stall_window)
+    # Relative errors below 100 eps are float rounding of the kernel, not plateaus.
+    errors = _Errors(problem.log_p, stall_window, level=problem.plateau_level,
+                     floor=100 * torch.finfo(W.dtype).eps)
     allowed = errors.allowed
     log_v = torch.zeros(K, dtype=torch.float64, device=W.device)
     log_v[~torch.isfinite(g)] = -math.inf
@@ -274,15 +326,17 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
         if problem.reduce_fn is not None:
             problem.reduce_fn(acc)
         it += 1
-        if it % check_every == 0 or it >= max_iter:
+        measured = it % check_every == 0 or it >= max_iter
+        if measured:
             errors.measure(acc, log_v)
             if it >= max_iter or not errors.keep_going(it, problem.tol):
                 break
         new = problem.log_p - acc.clamp_min(1e-300).log()
-        omega = errors.omega
+        step = errors.omega * (new - log_v)
+        if measured:
+            step = errors.plateaus.widen(step)
         # Clamped so that exp(log_v) stays far inside float32 between absorption checks.
-        log_v = torch.where(allowed, ((1 - omega) * log_v + omega * new).clamp(-CLAMP, CLAMP),
-                            log_v)
+        log_v = torch.where(allowed, (log_v + step).clamp(-CLAMP, CLAMP), log_v)
         if it % check_every == 0 and float(log_v[allowed].abs().max()) > ABSORB:
             if source is not None:
                 g = g + log_v
@@ -350,8 +404,8 @@ def anneal(problem, source, W, max_iter, row_max=None):
         budget = (max(1, max_iter - n_iter) if last
                   else min(STAGE_MAX_ITER, max_iter - n_iter - 1))
         if budget > 0:
-            at = problem.stage(lam=lam / 2 ** stage,
-                               tol=tol if last else max(tol, STAGE_TOL))
+            at = problem.stage(lam=lam / 2 ** stage, tol=tol if last else max(tol, STAGE_TOL),
+                               final_tol=problem.target_tol)
             a = make_kernel(at, source, W, g, row_max=row_max)
             res = scaling_loop(at, W, a, g, budget, source=source, source_row_max=row_max)
             n_iter += res.n_iter
@@ -385,6 +439,8 @@ def finish(problem, res, row_max, max_iter):
             labels[s:e] = (W[s:e] * v).argmax(1)
 
     problem.rows.map(argmax)
+    if problem.reduce_fn is None:       # other processes' rows are not here to count
+        warn_if_tied_rows(W, labels, problem)
     log_u = res.u.log() - res.a - problem.lam * row_max
     converged = res.error <= problem.tol
     if res.drift > SAFE_DRIFT:

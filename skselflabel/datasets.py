@@ -36,6 +36,9 @@ _SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 _INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 
+#: Height and width of a Fashion-MNIST image.
+_IMAGE_SHAPE = (28, 28)
+
 #: The ten Fashion-MNIST classes, indexed by label.
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -75,7 +78,15 @@ def _candidate_dirs(data_home):
     """The directories to search, in order, each with the reason it is searched."""
     candidates = []
     if data_home is not None:
-        candidates.append((Path(data_home).expanduser(), "data_home argument"))
+        home = Path(data_home).expanduser()
+        if not home.is_dir():
+            # A misspelt data_home must not quietly give way to the system copy.
+            raise FileNotFoundError(
+                f"data_home={str(data_home)!r} is not a directory ({home} "
+                f"{'is a file' if home.exists() else 'does not exist'}). Pass the directory "
+                "that holds the Fashion-MNIST files, or data_home=None to search "
+                f"${FASHION_MNIST_ENV} and {_SYSTEM_DIR}.")
+        candidates.append((home, "data_home argument"))
     env_dir = os.environ.get(FASHION_MNIST_ENV)
     if env_dir:
         candidates.append((Path(env_dir).expanduser(), f"${FASHION_MNIST_ENV}"))
@@ -113,6 +124,13 @@ def _locate(stems, data_home):
 def _read_split(images_path, labels_path):
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
+    if images.shape[0] == 0:
+        raise ValueError(f"{images_path} holds no images (its header declares 0); "
+                         "Fashion-MNIST has 60,000 for training and 10,000 for testing.")
+    if images.shape[1:] != _IMAGE_SHAPE:
+        raise ValueError(
+            f"{images_path} holds images of {images.shape[1]} x {images.shape[2]} pixels; "
+            "Fashion-MNIST's are 28 x 28. Is it another data set's file?")
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         raise ValueError(
             f"{images_path} and {labels_path} must hold unsigned bytes (IDX type 0x08), "
@@ -143,7 +161,8 @@ def load_fashion_mnist(data_home=None, *, split="train", return_X_y=False, as_fl
     Parameters
     ----------
     data_home : str or path-like, default=None
-        Directory to look in first.
+        Directory to look in first. It must exist: a missing one is an error, never a
+        reason to look elsewhere.
     split : {"train", "test", "all"}, default="train"
         ``"train"``: the 60,000 training images; ``"test"``: the 10,000 test images;
         ``"all"``: the training images followed by the test images (70,000).
@@ -177,11 +196,12 @@ def load_fashion_mnist(data_home=None, *, split="train", return_X_y=False, as_fl
     Raises
     ------
     FileNotFoundError
-        If no searched directory holds the files; the message lists every directory
-        searched and the install command.
+        If `data_home` is given but is not a directory, or no searched directory holds the
+        files; the message lists every directory searched and the install command.
     ValueError
-        If a file is not a valid IDX file (wrong magic number, truncated, damaged gzip),
-        or the image and label files disagree.
+        If a file is not a valid IDX file (wrong magic number, negative dimension,
+        truncated, trailing data, damaged gzip), holds no images or images that are not
+        28 x 28, or the image and label files disagree.
 
     See Also
     --------

@@ -64,6 +64,13 @@ def test_backbone_errors_are_explained():
         resolve_backbone("cnn", (4,), _gen())
     with pytest.raises(ValueError, match="failed on a batch of shape"):
         resolve_backbone(nn.Linear(3, 2), (4,), _gen())
+    # Issue #10, item 4: a backbone with zero-width output "fitted" into one cluster.
+    class NoFeatures(nn.Module):
+        def forward(self, x):
+            return x[:, :0]
+
+    with pytest.raises(ValueError, match="0 features per sample"):
+        resolve_backbone(NoFeatures(), (4,), _gen())
 
 
 def test_init_parameters_resets_norm_layers():

@@ -141,6 +141,7 @@ def test_directory_missing_one_file_is_skipped(tmp_path, monkeypatch):
 
 def test_missing_files_error_names_every_path_and_the_install_command(tmp_path, monkeypatch):
     arg_dir, env_dir = tmp_path / "given", tmp_path / "from-env"
+    arg_dir.mkdir()                 # it exists, but holds no files
     monkeypatch.setenv(FASHION_MNIST_ENV, str(env_dir))
     with pytest.raises(FileNotFoundError) as info:
         load_fashion_mnist(arg_dir, split="all")

@@ -1,12 +1,15 @@
 """Input checks, input scaling and the device policy."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from skselflabel import SelfLabelClusterer
-from skselflabel._inputs import (InputScaling, check_fit_input, check_predict_input,
-                                 inference_device, training_device)
+from skselflabel._inputs import (InputScaling, check_cluster_count, check_fit_input,
+                                 check_predict_input, inference_device, training_device)
 from skselflabel._source import ArraySource
 
 
@@ -28,6 +31,9 @@ def test_gray_images_gain_a_channel_and_tensors_are_read():
 
 @pytest.mark.parametrize("X, match", [
     (np.zeros((4, 2, 2, 2, 2)), "got 5-D input"),
+    # Issue #10, item 4: channels-last images were read as 8 channels of 8 x 3 images.
+    (np.zeros((40, 8, 8, 3)), r"channels-last.*np.moveaxis\(X, -1, 1\)"),
+    (torch.zeros((40, 8, 8, 4)), r"channels-last.*X.permute\(0, 3, 1, 2\)"),
     (np.zeros((1, 3)), "1 sample"),
     (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN"),
 ])
@@ -69,3 +75,50 @@ def test_device_policy():
             training_device("cuda:0")
         assert inference_device("cuda:1") == torch.device("cpu")
     assert inference_device("cpu") == torch.device("cpu")
+
+
+def test_channels_first_and_gray_images_pass():
+    for shape in [(5, 3, 8, 8), (5, 1, 8, 3), (5, 8, 3), (5, 4, 8, 4), (5, 3, 8, 2)]:
+        assert len(check_fit_input(SelfLabelClusterer(), np.zeros(shape)).sample_shape) == 3
+
+
+def test_more_clusters_than_samples_is_refused():
+    # Issue #10, item 4: SelfLabelClusterer(10).fit(X[:5]) fitted silently.
+    data = check_fit_input(SelfLabelClusterer(), np.random.default_rng(0).random((5, 4)))
+    with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=10"):
+        check_cluster_count(data, 10)
+    X = np.random.RandomState(0).randn(200, 4).astype("float32")
+    est = SelfLabelClusterer(10, max_epochs=1, random_state=0)
+    with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=10"):
+        est.fit(X[:5])
+    assert not hasattr(est, "labels_")
+
+
+def test_fewer_distinct_samples_than_clusters_warns():
+    # Issue #10, item 4: all-identical rows gave one cluster and no warning (KMeans warns).
+    with pytest.warns(ConvergenceWarning, match=r"distinct samples \(1\).*n_clusters \(3\)"):
+        SelfLabelClusterer(3, max_epochs=1, random_state=0).fit(np.ones((200, 5)))
+    rows = np.repeat(np.eye(4, dtype=np.float32), 2500, axis=0)     # 4 distinct in 10,000
+    data = check_fit_input(SelfLabelClusterer(), rows)
+    with pytest.warns(ConvergenceWarning, match=r"distinct samples \(4\)"):
+        check_cluster_count(data, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_cluster_count(data, 4)
+        images = np.random.default_rng(0).random((50, 1, 6, 6)).astype(np.float32)
+        check_cluster_count(check_fit_input(SelfLabelClusterer(), images), 50)
+
+
+@pytest.mark.parametrize("device, match", [
+    # Issue #10, item 5: torch's RuntimeError ("META device type not an accelerator", "Cannot
+    # execute getNewGenerator() without MPS backend") instead of the CUDA-like message.
+    ("meta", "holds no data"),
+    pytest.param("mps", "MPS .* is not available", marks=pytest.mark.skipif(
+        torch.backends.mps.is_available(), reason="MPS is available here")),
+])
+def test_unavailable_devices_are_explained(device, match):
+    with pytest.raises(ValueError, match=match):
+        training_device(device)
+    X = np.random.RandomState(0).randn(50, 4).astype("float32")
+    with pytest.raises(ValueError, match=match):
+        SelfLabelClusterer(3, max_epochs=1, device=device).fit(X)

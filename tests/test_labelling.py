@@ -6,7 +6,7 @@ from torch import nn
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner, sinkhorn_knopp
 from skselflabel._graph import NeighborGraph, nearest_neighbors
-from skselflabel._labelling import SelfLabeller, _Buffers
+from skselflabel._labelling import NonFiniteOutput, SelfLabeller, _Buffers
 from feeding import feeder_of
 
 
@@ -145,3 +145,20 @@ def test_an_unconverged_step_is_reported():
                              assigner=SinkhornAssigner(lam=50.0, tol=1e-9, max_iter=2))
     est.fit(_data().numpy())
     assert (est.history_["label_error"] > 1e-9).all()
+
+
+def test_non_finite_outputs_name_the_part_of_the_network():
+    backbone, heads = _network(n_clusters=(3, 4))
+    X_t = _data()
+    labels = torch.zeros((2, 90), dtype=torch.int64)
+    labeller = SelfLabeller(SinkhornAssigner(), None, 0)
+    with torch.no_grad():
+        heads[1].weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteOutput, match="head 1 output holds") as err:
+        labeller.relabel_(backbone, heads, 8, feeder_of(X_t), labels)
+    assert err.value.part == "head 1" and err.value.n_values == 90 * 4
+    assert isinstance(err.value, FloatingPointError)
+    with torch.no_grad():
+        backbone[0].bias[0] = float("nan")
+    with pytest.raises(NonFiniteOutput, match="backbone output holds 90 NaN or inf"):
+        labeller.relabel_(backbone, heads, 8, feeder_of(X_t), labels)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from skselflabel import SelfLabelClusterer
-from skselflabel._model import FITTED, STATE_VERSION
+from skselflabel._model import FITTED, STATE_VERSION, fit_seeds
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,41 @@ def test_pickles_are_versioned(fitted, X):
         old.__setstate__({k: v for k, v in state.items() if k != "_skselflabel_state"})
     # Unfitted estimators carry no model: any layout loads.
     assert pickle.loads(pickle.dumps(SelfLabelClusterer(4))).n_clusters == 4
+
+
+def test_diverged_training_says_when_and_what_to_try(X, fitted):
+    # Issue #10, item 5: "scores contains 600 NaN ... remove them before solving" blamed the
+    # user's data for a network that diverged (SGD, lr=1e3).
+    before = fitted.labels_.copy()
+    with pytest.raises(FloatingPointError, match=r"Training diverged: .* at the self-label step "
+                       r"of epoch \d+, after \d+ gradient steps.*Lower lr \(it is 1000 with "
+                       r"optimizer='sgd'\)"):
+        fitted.set_params(optimizer="sgd", lr=1e3, max_epochs=3).fit(X)
+    assert np.array_equal(fitted.labels_, before)          # the failed fit changed nothing
+
+
+def test_a_module_that_outputs_nan_is_named():
+    class NaNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 8)
+
+        def forward(self, x):
+            return self.linear(x) * float("nan")
+
+    X = np.random.RandomState(0).randn(200, 4).astype("float32")
+    with pytest.raises(FloatingPointError, match="backbone output holds 1600 NaN or inf.*"
+                       "before any training step"):
+        SelfLabelClusterer(3, max_epochs=1, backbone=NaNNet()).fit(X)
+
+
+def test_random_state_none_leaves_numpys_global_rng_alone(X):
+    # Issue #10, item 3: random_state=None drew its seeds from numpy's global RNG.
+    np.random.seed(7)
+    state = np.random.get_state()
+    SelfLabelClusterer(3, max_epochs=1).fit(X)
+    after = np.random.get_state()
+    assert np.array_equal(after[1], state[1]) and after[2] == state[2]
+    assert not np.array_equal(fit_seeds(None), fit_seeds(None))        # fresh each time
+    np.testing.assert_array_equal(fit_seeds(0), np.random.RandomState(0).randint(
+        0, 2**31 - 1, size=3))                                     # ints: as before

@@ -31,7 +31,9 @@ def test_compiled_and_torch_sweeps_agree(case, monkeypatch, small_warmup):
     plain = sinkhorn_knopp(z, lam=lam, prior=prior, tol=1e-4, max_iter=5000)
     assert fused.converged and plain.converged
     assert np.mean(fused.labels == plain.labels) > 0.999
-    np.testing.assert_allclose(fused.log_v, plain.log_v, atol=1e-3)
+    # log_v is defined up to a constant (log_u takes the opposite one): compare it centred.
+    np.testing.assert_allclose(fused.log_v - fused.log_v.mean(),
+                               plain.log_v - plain.log_v.mean(), atol=1e-3)
     # Rebuilt in float64 from the scores: float32 rounding of lam * z (up to 5e3 here) adds
     # a few 1e-4 to the 1e-4 the solver reached on its float32 kernel.
     assert marginal_error(plan(z, fused, lam), prior) <= 1e-3

@@ -1,4 +1,7 @@
 """sinkhorn_knopp: marginals, float32 safety, invariances, in-place work, errors."""
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 import warnings
 
@@ -87,6 +90,36 @@ def test_exactly_tied_one_hot_scores_converge(lam, monkeypatch, small_warmup):
     assert len(calls) == 2                       # the subsample, then the full matrix
     assert res.converged and res.n_iter <= 5000
     assert marginal_error(plan(z, res, lam)) <= 1.05e-2
+
+
+@pytest.mark.parametrize("lam", [25.0, 100.0])
+@pytest.mark.parametrize("seed", [1, 5])
+def test_tied_scores_with_a_plateau_at_the_tolerance_converge_with_margin(lam, seed):
+    # Issue #10, item 7: one-hot scores (gap 50) on 3,000 x 30, groups of unequal sizes.
+    # With 100 rows per cluster one row's mass is 1% of a cluster, so a cluster holding one
+    # row too many sits on an error plateau of exactly 0.01 = tol; the solve used to stop on
+    # it (or stall there for all 5,000 iterations), the plan rebuilt from the returned
+    # scalings being off by 0.0100-0.0101.
+    rng = np.random.default_rng(seed)
+    N, K = 3_000, 30
+    home = rng.integers(0, K, N)
+    assert np.isin(np.bincount(home, minlength=K) - N // K, [-1, 1]).any()
+    z = np.zeros((N, K), np.float32)
+    z[np.arange(N), home] = 50.0
+    res = sinkhorn_knopp(z, lam=lam, tol=1e-2, max_iter=5000)
+    assert res.converged and res.n_iter <= 2000
+    assert res.marginal_error <= 0.0095
+    # The error the solver reports is the error of the plan it returns, to 1e-5.
+    assert abs(marginal_error(plan(z, res, lam)) - res.marginal_error) < 1e-5
+
+
+def test_ordinary_logits_stop_at_the_first_iteration_below_tol():
+    # The margin below tol applies only where a cluster was seen stuck on a plateau.
+    z = head_logits(2_000, 10, seed=1)
+    res = sinkhorn_knopp(z, lam=25.0, tol=1e-2)
+    assert res.converged and res.marginal_error > 0.9e-2
+    with pytest.warns(ConvergenceWarning):
+        assert not sinkhorn_knopp(z, lam=25.0, tol=1e-2, max_iter=res.n_iter - 1).converged
 
 
 def test_log_scalings_hold_for_offset_scores():
@@ -292,10 +325,46 @@ def test_no_warning_when_converged():
     (np.zeros((3, 2)), {"max_iter": 0}, "max_iter"),
     (np.zeros((3, 2)), {"init_log_v": [0.0]}, "init_log_v"),
     (np.array([["a", "b"]]), {}, "real numbers"),
+    (np.zeros((3, 2), complex), {}, "real numbers"),
+    (torch.zeros((3, 2), dtype=torch.complex64), {}, "complex tensor"),   # was cast to real
+    (np.zeros((3, 2)), {"init_log_v": [0.0, np.nan]}, "NaN or \\+inf"),
+    (np.zeros((3, 2)), {"init_log_v": [np.inf, 0.0]}, "NaN or \\+inf"),
+    (np.zeros((3, 2)), {"init_log_v": [[0.0, 0.0]]}, "length n_clusters=2"),
+    (np.zeros((3, 2)), {"init_log_v": ["a", "b"]}, "vector of numbers"),
 ])
 def test_bad_input_raises(scores, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sinkhorn_knopp(scores, **kwargs)
+
+
+@pytest.mark.parametrize("start", [[1e300, 0, 0, 0], [0, -np.inf, -1e300, 5.0]])
+def test_extreme_init_log_v_is_a_valid_start(start):
+    # Issue #10, item 4: init_log_v=[1e300, 0, 0, 0] gave non-finite scalings and all-0
+    # labels. Only differences of potentials matter, and none beyond lam * (row range)
+    # can be part of a solution: the start is shifted and floored, and the solve converges.
+    z = head_logits(2_000, 4, seed=3)
+    ref = sinkhorn_knopp(z, lam=10.0, tol=1e-4)
+    res = sinkhorn_knopp(z, lam=10.0, tol=1e-4, init_log_v=start)
+    assert res.converged and np.isfinite(res.log_u).all() and np.isfinite(res.log_v).all()
+    assert np.mean(res.labels == ref.labels) > 0.999
+    assert np.bincount(res.labels, minlength=4).min() > 400
+    # -inf is kept where the prior is zero.
+    res = sinkhorn_knopp(z, lam=10.0, prior=[1, 0, 1, 1], init_log_v=start)
+    assert res.log_v[1] == -np.inf and not np.any(res.labels == 1)
+
+
+def test_identical_rows_warn_that_labels_cannot_be_balanced():
+    # Issue #10, item 4: np.ones((200, 5)) gave converged=True and every label 0, silently.
+    with pytest.warns(ConvergenceWarning, match="1 distinct row.*5 clusters.*only 1 cluster"):
+        res = sinkhorn_knopp(np.ones((200, 5)))
+    assert res.converged          # the plan is balanced; only its argmax cannot be
+    z = np.repeat(head_logits(3, 5, seed=0), 100, axis=0)
+    with pytest.warns(ConvergenceWarning, match="3 distinct row"):
+        sinkhorn_knopp(z + np.arange(300)[:, None])   # a constant per row changes nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn_knopp(head_logits(200, 5, seed=0))            # distinct rows: no warning
+        sinkhorn_knopp(head_logits(200, 5, seed=0), prior=[1, 1, 0, 0, 1e-9])
 
 
 def test_bad_input_left_untouched_with_copy_false():
@@ -320,12 +389,42 @@ def test_in_place_drift_warns(monkeypatch, small_warmup):
                        max_iter=3000)
 
 
+def test_read_only_memory_map_is_never_written(tmp_path):
+    # Issue #10, item 1: a tensor over a read-only memory map, solved with copy=False, used
+    # to be overwritten in place: a segmentation fault. Run in a child process so that a
+    # crash fails this test instead of ending the test run.
+    script = textwrap.dedent("""
+        import sys, warnings
+        import numpy as np, torch
+        from skselflabel import _sinkhorn, sinkhorn_knopp
+        _sinkhorn._WARMUP_ELEMENTS = 100_000     # so that 3,000 x 100 takes the in-place path
+        path = sys.argv[1]
+        z = np.random.default_rng(0).standard_normal((3000, 100)).astype(np.float32)
+        np.save(path, z)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # torch: "The given NumPy array is not writable"
+            t = torch.from_numpy(np.load(path, mmap_mode="r"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = sinkhorn_knopp(t, lam=10.0, copy=False)
+        assert any("read-only memory" in str(w.message) for w in caught), caught
+        assert np.array_equal(np.load(path), z)
+        assert np.array_equal(res.labels, sinkhorn_knopp(z, lam=10.0).labels)
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "S.npy")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode,
+                                                                  proc.stderr[-2000:])
+
+
 def test_read_only_and_big_endian_input():
     z = head_logits(300, 4)
     ref = sinkhorn_knopp(z, lam=5.0)
     ro = z.copy()
     ro.setflags(write=False)
-    res = sinkhorn_knopp(ro, lam=5.0, copy=False)        # falls back to a copy
+    with pytest.warns(UserWarning, match="read-only memory"):
+        res = sinkhorn_knopp(ro, lam=5.0, copy=False)    # falls back to a copy
     np.testing.assert_array_equal(res.labels, ref.labels)
     np.testing.assert_array_equal(ro, z)
     res = sinkhorn_knopp(z.astype(">f4"), lam=5.0)
