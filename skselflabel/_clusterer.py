@@ -14,20 +14,23 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._config import resolve_config
+from ._examples import cluster_examples
 from ._events import (CallbackSupportMixin, EventStream, HistoryRecorder, SklearnCallbacks)
 from ._graph import NeighborGraph
 from ._inference import represent
 from ._inputs import check_fit_input, check_predict_input, training_device
 from ._labelling import SelfLabeller
-from ._model import (checked_assigner, checked_state, commit, data_attributes,
-                     default_assigner, first_head_logits, initial_labels, initial_model,
-                     pickled_state, place_modules, snapshot)
+from ._model import (FittedModelMixin, balanced_log_likelihood, checked_assigner, commit,
+                     data_attributes, default_assigner, first_head_logits, initial_labels,
+                     initial_model, snapshot)
 from ._progress import ProgressReporter
+from ._threads import uses_n_jobs
 from ._training import Trainer, make_optimizer
 
 
-class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
-                         TransformerMixin, ClusterMixin, BaseEstimator):
+class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
+                         ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
+                         BaseEstimator):
     r"""Deep clustering by self-labelling (SeLa, Asano et al., ICLR 2020).
 
     A backbone network with ``n_heads`` linear heads is trained with cross-entropy on
@@ -134,6 +137,13 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         Where to train: "auto" is CUDA when available, else the CPU. A model fitted on a
         GPU predicts on the CPU where no GPU is present.
 
+    n_jobs : int or None, default=None
+        torch's CPU threads in ``fit``, ``predict``, ``predict_proba``, ``transform``,
+        ``score`` and ``cluster_examples``, set for the calling thread during the call only.
+        None means 1 unless in a :func:`joblib.parallel_config` context; -1 means all
+        processors. More threads rarely pay off: with another process on a core, torch's
+        threads wait for each other (measurements in the benchmarks page).
+
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, initial labels, shuffling, neighbour picks and augmentation
         through private generators; torch's and ``random``'s global RNGs are never used
@@ -219,6 +229,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         "diffusion_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "augment": [StrOptions({"auto", "none"}), callable, None],
         "device": [str, torch.device],
+        "n_jobs": [Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -228,8 +239,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
                  max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
-                 diffusion_steps="auto", augment="auto", device="auto", random_state=None,
-                 verbose=0, warm_start=False):
+                 diffusion_steps="auto", augment="auto", device="auto", n_jobs=None,
+                 random_state=None, verbose=0, warm_start=False):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.backbone = backbone
@@ -247,13 +258,13 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         self.diffusion_steps = diffusion_steps
         self.augment = augment
         self.device = device
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
 
     def set_params(self, **params):
-        # assigner__<name> on the default assigner (None) first makes the default explicit,
-        # so that grid searches over the assigner's parameters need no set-up.
+        # assigner__<name> with assigner=None first makes the default explicit (grid searches).
         if (self.assigner is None and "assigner" not in params
                 and any(key.startswith("assigner__") for key in params)):
             self.assigner = default_assigner()
@@ -261,6 +272,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
+    @uses_n_jobs
     def fit(self, X, y=None):
         """Train the network and self-label ``X``.
 
@@ -327,6 +339,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         X = check_predict_input(self, X)
         return self._scaling.to_tensor(X, self.heads_[0].weight.device)
 
+    @uses_n_jobs
     def predict(self, X):
         """Cluster of each sample: the argmax of the first head.
 
@@ -342,6 +355,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         """
         return first_head_logits(vars(self), self._inference_input(X)).argmax(1).cpu().numpy()
 
+    @uses_n_jobs
     def predict_proba(self, X):
         """Probability of each cluster under the first head (softmax of its logits).
 
@@ -375,6 +389,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         """
         return self.fit(X, y).labels_
 
+    @uses_n_jobs
     def transform(self, X):
         """The backbone's learned representation of ``X``, for probes and other estimators.
 
@@ -395,6 +410,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         X_t = self._inference_input(X)
         return represent(self.backbone_, X_t, self._n_features_out).cpu().numpy()
 
+    @uses_n_jobs
     def score(self, X, y=None):
         r"""Negative SeLa objective on ``X``: higher is better.
 
@@ -418,13 +434,10 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         score : float
             Mean log-likelihood of the balanced labels.
         """
-        logits = first_head_logits(vars(self), self._inference_input(X)).double()
-        with warnings.catch_warnings():
-            # A few samples cannot always meet the cluster sizes exactly; the labels are
-            # still the best balanced guess, which is all the score needs.
-            warnings.simplefilter("ignore", category=Warning)
-            q = checked_assigner(self.assigner, self.n_clusters).assign_tensor(logits, copy=True).labels
-        return float(torch.log_softmax(logits, 1).gather(1, q[:, None]).mean())
+        assigner = checked_assigner(self.assigner, self.n_clusters)
+        return balanced_log_likelihood(vars(self), assigner, self._inference_input(X))
+
+    cluster_examples = uses_n_jobs(cluster_examples)  # documented in _examples.py
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -433,15 +446,5 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.input_tags.three_d_array = True
         return tags
-
-    def __sklearn_is_fitted__(self):
-        return hasattr(self, "labels_")
-
-    def __getstate__(self):
-        return pickled_state(super().__getstate__())
-
-    def __setstate__(self, state):
-        super().__setstate__(checked_state(state))
-        place_modules(self)
 
 

@@ -6,6 +6,7 @@ leaves the estimator exactly as it was. The same dicts serve callbacks (a snapsh
 model mid-fit), inference and pickling.
 """
 import copy
+import warnings
 
 import torch
 
@@ -83,6 +84,18 @@ def first_head_logits(model, X_t):
     return head_logits(model["backbone_"], model["heads_"][0], X_t, model["_head_width"])
 
 
+def balanced_log_likelihood(model, assigner, X_t):
+    """Mean log-probability, under the first head, of the balanced labels ``assigner``
+    gives the prepared tensor ``X_t`` (what :meth:`SelfLabelClusterer.score` returns)."""
+    logits = first_head_logits(model, X_t).double()
+    with warnings.catch_warnings():
+        # A few samples cannot always meet the cluster sizes exactly; the labels are
+        # still the best balanced guess, which is all the score needs.
+        warnings.simplefilter("ignore", category=Warning)
+        q = assigner.assign_tensor(logits, copy=True).labels
+    return float(torch.log_softmax(logits, 1).gather(1, q[:, None]).mean())
+
+
 def snapshot(model, data, X_t):
     """Fitted attributes of the network as it stands mid-fit (copies), for the fitted
     estimators that scikit-learn callbacks may ask for."""
@@ -118,6 +131,21 @@ def checked_state(state):
             f"of skselflabel reads format {STATE_VERSION}. Refit the model with this "
             "version (or load it with the skselflabel version that saved it).")
     return state
+
+
+class FittedModelMixin:
+    """The estimator's fitted state as a unit: fitted once a fit has committed, pickled as
+    a versioned state with CPU modules, placed where they can run when unpickled."""
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "labels_")
+
+    def __getstate__(self):
+        return pickled_state(super().__getstate__())
+
+    def __setstate__(self, state):
+        super().__setstate__(checked_state(state))
+        place_modules(self)
 
 
 def place_modules(estimator):
