@@ -418,9 +418,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         the balanced labels :math:`q_i` that the assigner gives ``X``:
         :math:`\frac{1}{n}\sum_i \log p(q_i \mid x_i)`, minus the cross-entropy that
         training minimises. It is at most 0, and near 0 when the network puts ``X``
-        confidently into clusters of the intended sizes. It grows more negative with
-        ``n_clusters`` (like :math:`-\log K` for an undecided network), so it compares
-        settings with the same ``n_clusters`` only.
+        confidently into clusters of the intended sizes. It falls with ``n_clusters``
+        (:math:`-\log K` for an undecided network), which biases it towards few clusters:
+        it cannot choose ``n_clusters`` (the user guide says how to choose).
 
         Parameters
         ----------

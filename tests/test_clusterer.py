@@ -605,3 +605,24 @@ def test_cluster_examples_errors(fitted, blobs, kwargs, match):
         fitted.cluster_examples(blobs[0], **kwargs)
     with pytest.raises(NotFittedError):
         SelfLabelClusterer().cluster_examples(blobs[0])
+
+
+# --------------------------------------------------------------------- choosing n_clusters
+@pytest.mark.parametrize("n_clusters", [2, 5, 10])
+def test_score_of_an_undecided_network_is_minus_log_k(blobs, n_clusters):
+    # Why score cannot compare different n_clusters: with every logit equal, each sample
+    # scores log(1 / K), whatever the data.
+    est = SelfLabelClusterer(n_clusters=n_clusters, **FAST).fit(blobs[0])
+    with torch.no_grad():
+        est.heads_[0].weight.zero_()
+        est.heads_[0].bias.zero_()
+    assert est.score(blobs[0]) == pytest.approx(-np.log(n_clusters), rel=1e-6)
+
+
+def test_grid_search_over_n_clusters_scored_against_labels_finds_the_blobs(blobs):
+    # The user guide's advice: with a few labels, choose n_clusters by ARI, not by score.
+    X, y = blobs
+    search = GridSearchCV(SelfLabelClusterer(**FAST), {"n_clusters": [2, 3, 6]}, cv=2,
+                          scoring="adjusted_rand_score").fit(X, y)
+    assert search.best_params_ == {"n_clusters": 3}
+    assert search.cv_results_["mean_test_score"][1] > search.cv_results_["mean_test_score"][0]
