@@ -38,6 +38,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from skselflabel import SelfLabelClusterer
+from skselflabel._threads import effective_threads
 from skselflabel.datasets import load_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,21 +132,24 @@ def run_condition(condition, work, repeats):
 
 def label(n_jobs):
     if n_jobs is None:
-        return "default (None)"
+        return "default (`n_jobs=None`)"
     if n_jobs == TORCH_DEFAULT:
-        return f"{n_jobs} (torch's default)"
-    return str(n_jobs)
+        return f"`n_jobs={n_jobs}` (torch's default)"
+    return f"`n_jobs={n_jobs}`"
 
 
-def report(conditions, repeats, fashion_samples):
+WHERE = {"quiet": "no load added", "busy": "one busy-loop process added"}
+
+
+def report(conditions, repeats, fashion_samples, minutes):
     """The markdown section: command, machine, load, one row per workload and condition."""
     values = [n for n in settings() if n != 1]
-    head = ("| workload | machine | seconds at n_jobs=1 | "
-            + " | ".join(f"n_jobs={label(n)} / n_jobs=1" for n in values) + " |")
+    head = ("| workload | machine | seconds at `n_jobs=1` | "
+            + " | ".join(f"{label(n)} / `n_jobs=1`" for n in values) + " |")
     rows = [head, "|" + "---|" * (3 + len(values))]
     loads = []
     for condition, (results, load_start, load_end) in conditions.items():
-        where = "quiet" if condition == "quiet" else "one busy-loop process"
+        where = WHERE[condition]
         loads.append(f"{where}: {load_start:.2f} at the start, {load_end:.2f} at the end")
         for name, (one, rel) in results.items():
             rows.append(f"| {name} | {where} | {one:.2f} | "
@@ -158,9 +162,11 @@ def report(conditions, repeats, fashion_samples):
         "",
         f"Machine: {machine_description()}; torch {torch.__version__}, whose default is "
         f"{TORCH_DEFAULT} intra-op threads; joblib counts {joblib.cpu_count()} CPUs. "
-        f"1-minute load average ({'; '.join(loads)}). \"quiet\" means no load added by the "
-        "benchmark (other users' jobs may run; see the load); \"one busy-loop process\" is a "
-        "`while True: pass` Python process started by the benchmark for that part.",
+        f"1-minute load average ({'; '.join(loads)}); a load of {os.cpu_count()} keeps "
+        f"every core busy. \"No load added\": the benchmark adds nothing, other users' "
+        "jobs may run (see the load); \"one busy-loop process added\": a `while True: "
+        f"pass` Python process started by the benchmark for that part. The run took "
+        f"{minutes:.0f} minutes.",
         "",
         "Data: scikit-learn's digits (as a 64-column table scaled to [0, 1], and as 8 x 8 "
         "images), Fashion-MNIST training images (fit) and test images (transform), float32 "
@@ -170,7 +176,10 @@ def report(conditions, repeats, fashion_samples):
         "",
         f"Ratios: time with the setting / time with `n_jobs=1`, measured back to back in one "
         f"process in each of {repeats} repeats (settings in rotating order), median over the "
-        "repeats; above 1 means slower than one thread. Seconds at `n_jobs=1`: median.",
+        "repeats; above 1 means slower than one thread. Seconds at `n_jobs=1`: median."
+        + (" The default runs one thread (`n_jobs=None` means 1), the same code as "
+           "`n_jobs=1`: the spread of its column around 1 is the noise of the measurement."
+           if effective_threads(None) == 1 else ""),
         "",
         *rows,
     ])
@@ -183,10 +192,12 @@ def main(argv=None):
     parser.add_argument("--conditions", default="quiet,busy")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     work = workloads(args.fashion_samples)
     time_once(next(iter(work.values())), 1)         # warm-up, not timed
     conditions = {c: run_condition(c, work, args.repeats) for c in args.conditions.split(",")}
-    text = report(conditions, args.repeats, args.fashion_samples)
+    minutes = (time.perf_counter() - started) / 60
+    text = report(conditions, args.repeats, args.fashion_samples, minutes)
     print(text)
     if not args.no_write:
         print("wrote", write_section("threads", text))
