@@ -70,7 +70,7 @@ def test_pages_load_nothing_from_other_sites(site):
 
 def test_math_is_served_by_the_site(site):
     guide = (site / "user_guide.html").read_text()
-    script = re.search(r"""<script[^>]*src="(_static/mathjax/[^"]+)"""", guide)
+    script = re.search(r'<script[^>]*src="(_static/mathjax/[^"]+)"', guide)
     assert script, "the user guide does not load MathJax from _static"
     assert (site / script.group(1).split("?")[0]).stat().st_size > 100_000
     # MathJax's fonts are there too (they load relative to the script).
@@ -82,7 +82,7 @@ def test_notebook_pages_show_outputs_and_figures(site, name):
     if "fashion_mnist" in name and _fashion_mnist_missing():
         pytest.skip("Fashion-MNIST files not found: the build shows that notebook as code")
     html = (site / "notebooks" / f"{name}.html").read_text()
-    images = re.findall(r"""<img[^>]*src="([^"]+)"""", html)
+    images = re.findall(r'<img[^>]*src="([^"]+)"', html)
     assert images, f"{name}: no figure on the page"
     for src in images:
         assert (site / "notebooks" / src).resolve().is_file(), src
