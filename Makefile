@@ -7,13 +7,14 @@ PIP    := $(PY) -m pip
 # no torch installed would pull a multi-GB CUDA build. pyproject keeps a loose range for users.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: help venv test test-fast demo bench docs clean
+.PHONY: help venv test test-fast demo bench bench-threads docs clean
 
 help:
 	@echo "make demo   - create .venv and run the main job (SelfLabelClusterer on scikit-learn's digits)"
 	@echo "make test   - create .venv and run the whole test suite (doctests and notebooks included)"
 	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
-	@echo "make docs   - build the documentation site (warnings are errors)"
+	@echo "make bench-threads - time the default n_jobs against 1 thread (quiet and loaded)"
+	@echo "make docs   - build the documentation site, notebooks executed (warnings are errors)"
 
 # setup.py compiles skselflabel/_fused.c (the solver's CPU kernel) into the source tree.
 $(VENV)/.installed: pyproject.toml setup.py skselflabel/_fused.c
@@ -37,6 +38,11 @@ demo: venv
 bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/sinkhorn.py
+
+# 46 minutes on the shared 2-core machine (load 2 to 10); writes its section of
+# docs/benchmarks.md.
+bench-threads: venv
+	$(PY) benchmarks/threads.py
 
 docs: venv
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

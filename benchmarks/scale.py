@@ -106,7 +106,6 @@ def head_sizes(self_labels, n_clusters):
 
 
 def machine():
-    sys.path.insert(0, str(HERE))
     from _report import machine_description
 
     return {"machine": machine_description(), "load_start": os.getloadavg()[0],
@@ -277,6 +276,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, not reported")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
     if args.case == "report":
         from scale_report import write_report
 
@@ -289,7 +289,6 @@ def main():
         cmd = [sys.executable, __file__, name, "--in-process"] + (["--quick"] * args.quick)
         subprocess.run(cmd, check=True)
     if not args.quick:
-        sys.path.insert(0, str(HERE))
         from scale_report import write_report
 
         write_report()

@@ -13,22 +13,25 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._config import resolve_config
+from ._examples import cluster_examples
 from ._events import CallbackSupportMixin, HistoryRecorder, fit_events
 from ._graph import NeighborGraph
 from ._inference import represent
 from ._inputs import (check_cluster_count, check_fit_input, check_predict_input,
                       training_device)
 from ._labelling import SelfLabeller
-from ._model import (balanced_log_likelihood, check_fit_memory, checked_assigner,
-                     checked_state, commit, data_attributes, default_assigner,
+from ._model import (FittedModelMixin, balanced_log_likelihood, check_fit_memory,
+                     checked_assigner, commit, data_attributes, default_assigner,
                      diverged_training, first_head_labels, first_head_logits, fit_seeds,
-                     initial_labels, initial_model, pickled_state, place_modules, snapshot)
+                     initial_labels, initial_model, snapshot)
 from ._source import Feeder
+from ._threads import uses_n_jobs
 from ._training import Trainer, make_optimizer
 
 
-class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
-                         TransformerMixin, ClusterMixin, BaseEstimator):
+class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
+                         ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
+                         BaseEstimator):
     r"""Deep clustering by self-labelling (SeLa, Asano et al., ICLR 2020).
 
     A backbone network with ``n_heads`` linear heads is trained with cross-entropy on
@@ -89,22 +92,20 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         epoch has at least 8 steps (never below 16).
 
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
-        Optimiser; SGD uses Nesterov momentum ``momentum``.
+        Optimiser; SGD uses Nesterov momentum.
 
     lr : float or "auto", default="auto"
-        Initial learning rate, decayed to zero by a cosine schedule; "auto" is 1e-3 for
-        Adam and AdamW, 0.05 for SGD.
+        Initial learning rate, cosine-decayed to 0; "auto": 1e-3 (Adam), 0.05 (SGD).
 
     momentum : float, default=0.9
-        Momentum of SGD (ignored by Adam).
+        Momentum of SGD.
 
     weight_decay : float, default=1e-4
         L2 penalty (decoupled for AdamW).
 
     n_neighbors : int or "auto", default="auto"
-        Neighbours per sample in the k-NN graph (Euclidean, after centring; spaces wider
-        than 64 are projected on their top 64 principal axes). 0 disables neighbour views
-        and diffusion. "auto" is 10.
+        Neighbours per sample in the k-NN graph (Euclidean; wider spaces projected on 64
+        principal axes); "auto" is 10, 0 disables neighbour views and diffusion.
 
     neighbor_features : {"auto", "input", "gradients"}, callable or array-like, default="auto"
         The space of the graph: the inputs, or histograms of gradient orientations
@@ -130,12 +131,18 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         a ``generator`` keyword, if it takes one) to a batch of the same shape.
 
     device : str or torch.device, default="auto"
-        Where to train: "auto" is CUDA when available, else the CPU. A model fitted on a
-        GPU predicts on the CPU where no GPU is present.
+        Where to train: "auto" is CUDA when available, else the CPU (where a fitted model
+        also predicts when its GPU is missing).
 
     num_workers : int, default=0
         Worker processes of the ``DataLoader`` that reads ``X`` when it is a torch
         ``Dataset`` (0: the main process). Arrays are read without workers.
+
+    n_jobs : int or None, default=None
+        torch's CPU threads in ``fit``, ``predict``, ``predict_proba``, ``transform``,
+        ``score`` and ``cluster_examples``, for the calling thread during the call only.
+        None means 1 unless in a :func:`joblib.parallel_config` context; -1: all
+        processors (the benchmarks page measures why one is the default).
 
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, initial labels, shuffling, neighbour picks and augmentation
@@ -144,8 +151,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         gives reproducible results on the CPU.
 
     verbose : int, default=0
-        1 shows a progress bar per epoch (tqdm, in a terminal or Jupyter; plain lines
-        without tqdm) with the loss and the fraction of labels changed.
+        1 shows a progress bar over the batches (tqdm; plain lines per epoch without it)
+        with the loss, the fraction of labels changed and the head being self-labelled.
 
     warm_start : bool, default=False
         When True and fitted before on samples of the same shape, ``fit`` continues
@@ -225,6 +232,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         "augment": [StrOptions({"auto", "none"}), callable, None],
         "device": [str, torch.device],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "n_jobs": [Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -235,7 +243,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
                  diffusion_steps="auto", augment="auto", device="auto", num_workers=0,
-                 random_state=None, verbose=0, warm_start=False):
+                 n_jobs=None, random_state=None, verbose=0, warm_start=False):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.backbone = backbone
@@ -254,13 +262,13 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         self.augment = augment
         self.device = device
         self.num_workers = num_workers
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
 
     def set_params(self, **params):
-        # assigner__<name> on the default assigner (None) first makes the default explicit,
-        # so that grid searches over the assigner's parameters need no set-up.
+        # assigner__<name> with assigner=None first makes the default explicit (grid searches).
         if (self.assigner is None and "assigner" not in params
                 and any(key.startswith("assigner__") for key in params)):
             self.assigner = default_assigner()
@@ -268,6 +276,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
+    @uses_n_jobs
     def fit(self, X, y=None):
         """Train the network and self-label ``X``.
 
@@ -333,6 +342,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         source = check_predict_input(self, X, self.num_workers)
         return Feeder(source, self._scaling, self.heads_[0].weight.device)
 
+    @uses_n_jobs
     def predict(self, X):
         """Cluster of each sample: the argmax of the first head.
 
@@ -348,6 +358,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         """
         return first_head_labels(vars(self), self._inference_input(X)).cpu().numpy()
 
+    @uses_n_jobs
     def predict_proba(self, X):
         """Probability of each cluster under the first head (softmax of its logits).
 
@@ -364,23 +375,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         logits = first_head_logits(vars(self), self._inference_input(X))
         return torch.softmax(logits, 1).cpu().numpy()
 
-    def fit_predict(self, X, y=None):
-        """Fit and return the cluster of each training sample (``labels_``).
-
-        Parameters
-        ----------
-        X : array-like, DataFrame or torch.Tensor
-            Training data.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            Cluster labels.
-        """
-        return self.fit(X, y).labels_
-
+    @uses_n_jobs
     def transform(self, X):
         """The backbone's learned representation of ``X``, for probes and other estimators.
 
@@ -401,6 +396,7 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         feeder = self._inference_input(X)
         return represent(self.backbone_, feeder, self._n_features_out).cpu().numpy()
 
+    @uses_n_jobs
     def score(self, X, y=None):
         r"""Negative SeLa objective on ``X``: higher is better.
 
@@ -408,9 +404,9 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         the balanced labels :math:`q_i` that the assigner gives ``X``:
         :math:`\frac{1}{n}\sum_i \log p(q_i \mid x_i)`, minus the cross-entropy that
         training minimises. It is at most 0, and near 0 when the network puts ``X``
-        confidently into clusters of the intended sizes. It grows more negative with
-        ``n_clusters`` (like :math:`-\log K` for an undecided network), so it compares
-        settings with the same ``n_clusters`` only.
+        confidently into clusters of the intended sizes. It falls with ``n_clusters``
+        (:math:`-\log K` for an undecided network), which biases it towards few clusters:
+        it cannot choose ``n_clusters`` (the user guide says how to choose).
 
         Parameters
         ----------
@@ -427,6 +423,8 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         return balanced_log_likelihood(vars(self), self._inference_input(X),
                                        checked_assigner(self.assigner, self.n_clusters))
 
+    cluster_examples = uses_n_jobs(cluster_examples)  # documented in _examples.py
+
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -434,15 +432,5 @@ class SelfLabelClusterer(CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin,
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.input_tags.three_d_array = True
         return tags
-
-    def __sklearn_is_fitted__(self):
-        return hasattr(self, "labels_")
-
-    def __getstate__(self):
-        return pickled_state(super().__getstate__())
-
-    def __setstate__(self, state):
-        super().__setstate__(checked_state(state))
-        place_modules(self)
 
 

@@ -22,7 +22,7 @@ from ._inference import embed, head_batches, head_labels, head_logits
 from ._inputs import InputScaling, inference_device
 from ._labelling import NonFiniteOutput
 from ._memory import fit_phases, require, score_phases
-from ._sinkhorn import check_prior
+from ._solver_input import check_prior
 
 # The default self-label step: SeLa's CIFAR temperature; labels are an argmax, so a
 # marginal error of 1% leaves them balanced.
@@ -209,6 +209,21 @@ def checked_state(state):
             f"of skselflabel reads format {STATE_VERSION}. Refit the model with this "
             "version (or load it with the skselflabel version that saved it).")
     return state
+
+
+class FittedModelMixin:
+    """The estimator's fitted state as a unit: fitted once a fit has committed, pickled as
+    a versioned state with CPU modules, placed where they can run when unpickled."""
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "labels_")
+
+    def __getstate__(self):
+        return pickled_state(super().__getstate__())
+
+    def __setstate__(self, state):
+        super().__setstate__(checked_state(state))
+        place_modules(self)
 
 
 def place_modules(estimator):

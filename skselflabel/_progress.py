@@ -1,8 +1,10 @@
 """Progress reporting for ``verbose`` fits: a tqdm bar when tqdm is installed, lines otherwise.
 
-``tqdm.auto`` picks the widget bar in Jupyter and the text bar in a terminal. tqdm is the
-optional extra ``progress``; without it each epoch prints one plain line.
+In a Jupyter kernel with ipywidgets the bar is tqdm's widget, elsewhere tqdm's text bar
+(which Jupyter shows too). tqdm and ipywidgets are the optional extra ``progress``;
+without tqdm each epoch prints one plain line.
 """
+import importlib.util
 import sys
 
 from ._events import FitListener
@@ -48,11 +50,28 @@ class _TqdmProgress:
         self.bar.close()
 
 
+def _in_jupyter_kernel():
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def tqdm_class():
+    """tqdm's widget bar in a Jupyter kernel where ipywidgets is installed, else its text
+    bar. (``tqdm.auto`` chooses the same way but warns "IProgress not found" where
+    ipywidgets is missing, although the text bar works there.) ImportError without tqdm."""
+    if _in_jupyter_kernel() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm
+
+
 def make_progress(n_epochs, steps_per_epoch, desc="SelfLabelClusterer"):
-    """A tqdm bar (``tqdm.auto``: widgets in Jupyter, text in a terminal) when tqdm is
-    importable, else plain lines on stdout."""
+    """A tqdm bar over gradient steps (see :func:`tqdm_class`) when tqdm is importable,
+    else plain lines on stdout."""
     try:
-        from tqdm.auto import tqdm
+        tqdm = tqdm_class()
     except ImportError:
         return _LineProgress(n_epochs, desc)
     return _TqdmProgress(tqdm(total=n_epochs * steps_per_epoch, desc=desc, unit="batch",

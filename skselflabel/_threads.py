@@ -7,10 +7,15 @@ stays at the lowered count for the rest of the process. Here the calling thread'
 OpenMP setting is changed instead (``omp_set_num_threads`` acts on the calling thread only),
 through threadpoolctl, which finds the OpenMP runtime torch loaded. Where that runtime
 cannot be found the functions fall back to ``torch.set_num_threads``.
+
+:func:`uses_n_jobs` applies an estimator's ``n_jobs`` (scikit-learn's convention, resolved
+by :func:`effective_threads`) to the calling thread for the length of one method call.
 """
 from contextlib import contextmanager
+import functools
 import threading
 
+import joblib
 import torch
 
 _lock = threading.Lock()
@@ -32,12 +37,20 @@ def _openmp_controllers():
 
 
 def _set_own(n):
+    """Set the calling thread's count to ``n`` (an int, or one int per controller as
+    returned by this function); returns the counts in force before, to restore them."""
     controllers = _openmp_controllers()
-    if controllers:
-        for lib in controllers:
-            lib.set_num_threads(n)
-    else:
-        torch.set_num_threads(n)
+    if not controllers:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(n if isinstance(n, int) else n[0])
+        return [previous]
+    # Each OpenMP runtime (torch's, and one that scikit-learn may have loaded) keeps its
+    # own per-thread setting: each is restored to its own value.
+    counts = [n] * len(controllers) if isinstance(n, int) else n
+    previous = [lib.num_threads for lib in controllers]
+    for lib, count in zip(controllers, counts):
+        lib.set_num_threads(count)
+    return previous
 
 
 def limit_own_threads(n):
@@ -62,8 +75,32 @@ def own_threads(n):
     if n is None or int(n) == previous:
         yield previous
         return
-    _set_own(int(n))
+    restore = _set_own(int(n))
     try:
         yield previous
     finally:
-        _set_own(previous)
+        _set_own(restore)
+
+
+def effective_threads(n_jobs):
+    """The number of threads ``n_jobs`` means, by scikit-learn's convention.
+
+    None is 1 unless a :func:`joblib.parallel_config` context sets ``n_jobs``; -1 is every
+    CPU available to the process (its affinity and cgroup quota counted), -2 all but one,
+    and so on; a positive count is taken as it is. 0 is an error.
+    """
+    if n_jobs is not None and int(n_jobs) == 0:
+        raise ValueError("n_jobs == 0 has no meaning: use None, a positive count or -1.")
+    return int(joblib.effective_n_jobs(n_jobs))
+
+
+def uses_n_jobs(method):
+    """Decorate an estimator method to run with ``effective_threads(self.n_jobs)`` torch
+    threads in the calling thread, restored when it returns (other threads untouched)."""
+
+    @functools.wraps(method)
+    def with_own_threads(self, *args, **kwargs):
+        with own_threads(effective_threads(getattr(self, "n_jobs", None))):
+            return method(self, *args, **kwargs)
+
+    return with_own_threads

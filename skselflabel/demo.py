@@ -4,14 +4,14 @@ Run with ``python -m skselflabel.demo`` (or ``make demo``). It fits, in one run,
 ``SelfLabelClusterer(n_clusters=10, random_state=0)`` with every other parameter at its
 default on the 64-column digits table (scaled to [0, 1]) and on the 8x8 images, beside
 KMeans and Ward agglomerative clustering; prints ACC / NMI / ARI and seconds for each; and
-saves a PNG grid of each cluster's images per input form.
+saves a PNG grid per input form, one row per cluster showing its twelve images nearest the
+cluster's centre in the learned representation (``cluster_examples``).
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.datasets import load_digits
 
@@ -66,7 +66,7 @@ def run(output_dir="output/demo", inputs=("table", "images"), verbose=0, plot=Tr
         clu = SelfLabelClusterer(n_clusters=10, random_state=0, verbose=verbose,
                                  max_epochs=max_epochs)
         labels, t = _timed(lambda: clu.fit(data).labels_)
-        fitted[form] = labels
+        fitted[form] = (labels, clu.cluster_examples(data, n_examples=12) if plot else None)
         rows.append(("SelfLabelClusterer", form, *_scores(y, labels), t))
 
     print(f"{'method':22s} {'input':7s} {'ACC':>6s} {'NMI':>6s} {'ARI':>6s} {'seconds':>8s}")
@@ -78,9 +78,10 @@ def run(output_dir="output/demo", inputs=("table", "images"), verbose=0, plot=Tr
 
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for form, labels in fitted.items():
-            fig = plot_cluster_grid(images, labels, n_per_cluster=12)
-            fig.suptitle(f"SelfLabelClusterer on digits ({form}): one row per cluster")
+        for form, (labels, examples) in fitted.items():
+            fig = plot_cluster_grid(images, labels, n_per_cluster=12, examples=examples)
+            fig.suptitle(f"SelfLabelClusterer on digits ({form}): one row per cluster, "
+                         "its images nearest the cluster's centre")
             path = out / f"digits_{form}_clusters.png"
             fig.savefig(path, dpi=80, bbox_inches="tight")
             print(f"saved {path}")

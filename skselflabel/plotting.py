@@ -105,6 +105,7 @@ def plot_cluster_grid(
     labels,
     *,
     n_per_cluster=8,
+    examples=None,
     clusters=None,
     order="label",
     image_shape=None,
@@ -112,7 +113,7 @@ def plot_cluster_grid(
     random_state=0,
     figsize=None,
 ):
-    """Show sample images of each cluster, one row per cluster.
+    """Show images of each cluster, one row per cluster: chosen ones or a random sample.
 
     Parameters
     ----------
@@ -123,6 +124,11 @@ def plot_cluster_grid(
         The cluster of each image, for example ``SelfLabelClusterer.labels_``.
     n_per_cluster : int, default=8
         Images shown per cluster (columns of the grid).
+    examples : sequence or dict of index arrays, default=None
+        The images to show for each cluster, in order: ``examples[k]`` holds row numbers
+        of ``images`` for cluster ``k``, as returned by
+        :meth:`SelfLabelClusterer.cluster_examples` (the most typical members first); at
+        most `n_per_cluster` of them are shown. Default: a random sample of each cluster.
     clusters : sequence of int, default=None
         Which clusters to show, in this order. Default: every cluster present.
     order : {"label", "size"}, default="label"
@@ -133,7 +139,7 @@ def plot_cluster_grid(
     cmap : str, default="gray"
         Colour map for greyscale images.
     random_state : int, RandomState instance or None, default=0
-        Which members of each cluster are shown (a random sample of them).
+        Which members of each cluster are shown when `examples` is None.
     figsize : tuple of float, default=None
         Figure size in inches; by default about 0.8 inch per image.
 
@@ -151,6 +157,13 @@ def plot_cluster_grid(
     >>> fig = plot_cluster_grid(images, labels, n_per_cluster=4)
     >>> len(fig.axes)
     12
+
+    The most typical members of each cluster of a fitted ``SelfLabelClusterer``:
+
+    >>> from skselflabel import SelfLabelClusterer
+    >>> clu = SelfLabelClusterer(n_clusters=3, max_epochs=2, random_state=0).fit(images)
+    >>> fig = plot_cluster_grid(images, clu.labels_, n_per_cluster=4,
+    ...                         examples=clu.cluster_examples(images, n_examples=4))
     """
     images = _as_image_stack(images, image_shape)
     labels = np.asarray(labels).ravel()
@@ -170,15 +183,14 @@ def plot_cluster_grid(
     clusters = list(clusters)
     if not clusters:
         raise ValueError("no cluster to show: labels is empty.")
-    rng = check_random_state(random_state)
+    shown_of = _shown_members(labels, examples, n_per_cluster, random_state)
     if figsize is None:
         figsize = (0.8 * n_per_cluster + 0.8, 0.8 * len(clusters) + 0.3)
     fig = _new_figure(figsize)
     axes = np.asarray(fig.subplots(len(clusters), n_per_cluster, squeeze=False))
     low, high = float(np.min(images)), float(np.max(images))
     for row, cluster in enumerate(clusters):
-        members = np.flatnonzero(labels == cluster)
-        shown = rng.choice(members, size=min(n_per_cluster, len(members)), replace=False)
+        shown = shown_of(cluster)
         for col in range(n_per_cluster):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -193,9 +205,35 @@ def plot_cluster_grid(
                 else:
                     ax.imshow(image)
         axes[row, 0].set_ylabel(
-            f"{cluster}\n(n={len(members)})", rotation=0, ha="right", va="center", fontsize=8
+            f"{cluster}\n(n={np.count_nonzero(labels == cluster)})", rotation=0, ha="right", va="center", fontsize=8
         )
     return fig
+
+
+def _shown_members(labels, examples, n_per_cluster, random_state):
+    """A function giving the rows shown for a cluster: its first `n_per_cluster`
+    `examples`, or a random sample of its members when `examples` is None."""
+    if examples is None:
+        rng = check_random_state(random_state)
+
+        def sample(cluster):
+            members = np.flatnonzero(labels == cluster)
+            return rng.choice(members, size=min(n_per_cluster, len(members)), replace=False)
+
+        return sample
+
+    def chosen(cluster):
+        if isinstance(examples, dict):
+            rows = examples.get(cluster, [])
+        else:
+            rows = examples[cluster] if 0 <= cluster < len(examples) else []
+        rows = np.asarray(rows, dtype=np.int64).ravel()[:n_per_cluster]
+        if rows.size and (rows.min() < 0 or rows.max() >= len(labels)):
+            raise ValueError(f"examples of cluster {cluster} are not row numbers of images "
+                             f"(0 to {len(labels) - 1}): {rows.tolist()}.")
+        return rows
+
+    return chosen
 
 
 def _history_table(history):

@@ -11,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skselflabel import SinkhornAssigner, sinkhorn_knopp
+from skselflabel import SinkhornAssigner
 
 EXPECTED_FAILED = {
     "check_clustering": (

@@ -3,6 +3,7 @@ import os
 import pickle
 import random
 import signal
+import threading
 import warnings
 
 import joblib
@@ -490,3 +491,152 @@ def test_neighbor_features_errors(space, match):
     X = np.random.default_rng(0).random((60, 4)).astype(np.float32)
     with pytest.raises(ValueError, match=match):
         SelfLabelClusterer(n_clusters=2, max_epochs=1, neighbor_features=space).fit(X)
+
+
+# --------------------------------------------------------------------- n_jobs
+class _ThreadProbe(nn.Module):
+    """An MLP backbone that records, at each forward pass, the torch thread count of the
+    thread running it and of a thread started at that moment."""
+
+    seen = []          # shared by every deep copy (a class attribute)
+
+    def __init__(self, n_features):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, 16), nn.ReLU())
+
+    def forward(self, x):
+        other = {}
+        probe = threading.Thread(target=lambda: other.setdefault("n", torch.get_num_threads()))
+        probe.start()
+        probe.join()
+        _ThreadProbe.seen.append((threading.get_ident(), torch.get_num_threads(), other["n"]))
+        return self.net(x)
+
+
+def _counts_seen(fn):
+    _ThreadProbe.seen.clear()
+    fn()
+    counts = {(own, other) for _, own, other in _ThreadProbe.seen}
+    _ThreadProbe.seen.clear()
+    return counts
+
+
+@pytest.mark.parametrize("n_jobs, expected", [(None, 1), (1, 1), (2, 2), (-1, joblib.cpu_count())])
+def test_n_jobs_sets_the_threads_of_every_method_for_the_call_only(blobs, n_jobs, expected):
+    X = blobs[0]
+    default = torch.get_num_threads()
+    est = SelfLabelClusterer(n_clusters=3, backbone=_ThreadProbe(X.shape[1]), n_jobs=n_jobs,
+                             **FAST)
+    methods = [lambda: est.fit(X), lambda: est.predict(X), lambda: est.predict_proba(X),
+               lambda: est.transform(X), lambda: est.score(X),
+               lambda: est.cluster_examples(X)]
+    for method in methods:
+        # Inside the call: n_jobs threads here, the default in a thread started meanwhile.
+        assert _counts_seen(method) == {(expected, default)}
+        assert torch.get_num_threads() == default       # restored afterwards
+
+
+def test_n_jobs_none_follows_joblib_parallel_config(blobs):
+    est = SelfLabelClusterer(n_clusters=3, backbone=_ThreadProbe(blobs[0].shape[1]), **FAST)
+    with joblib.parallel_config(n_jobs=2):
+        assert {own for own, _ in _counts_seen(lambda: est.fit(blobs[0]))} == {2}
+
+
+def test_n_jobs_is_restored_when_the_call_fails(fitted):
+    default = torch.get_num_threads()
+    with pytest.raises(ValueError):
+        clone(fitted).set_params(n_jobs=2).fit(np.full((10, 4), np.nan))
+    with pytest.raises(ValueError):
+        fitted.predict(np.zeros((3, 7)))
+    assert torch.get_num_threads() == default
+
+
+def test_concurrent_fits_keep_their_own_n_jobs(blobs):
+    # Two fits at once in two threads, with different n_jobs: neither leaks into the other.
+    X = blobs[0]
+    _ThreadProbe.seen.clear()
+    fits = {n: SelfLabelClusterer(n_clusters=3, backbone=_ThreadProbe(X.shape[1]), n_jobs=n,
+                                  **FAST) for n in (1, 2)}
+    worker = threading.Thread(target=fits[2].fit, args=(X,))
+    worker.start()
+    fits[1].fit(X)
+    worker.join()
+    by_thread = {}
+    for ident, own, _ in _ThreadProbe.seen:
+        by_thread.setdefault(ident, set()).add(own)
+    assert by_thread == {threading.get_ident(): {1}, worker.ident: {2}}
+
+
+@pytest.mark.parametrize("n_jobs", [0, 1.5, "2"])
+def test_n_jobs_errors(blobs, n_jobs):
+    with pytest.raises(ValueError, match="n_jobs"):
+        SelfLabelClusterer(n_clusters=3, n_jobs=n_jobs, **FAST).fit(blobs[0])
+
+
+# --------------------------------------------------------------------- cluster examples
+def test_cluster_examples_are_the_members_nearest_the_centre(fitted, blobs):
+    X = blobs[0]
+    examples = fitted.cluster_examples(X, n_examples=5)
+    labels, features = fitted.predict(X), fitted.transform(X).astype(np.float64)
+    assert len(examples) == fitted.n_clusters
+    for k, rows in enumerate(examples):
+        members = np.flatnonzero(labels == k)
+        assert rows.dtype == np.int64 and len(rows) == min(5, len(members))
+        distance = ((features[members] - features[members].mean(0)) ** 2).sum(1)
+        # The examples are the nearest members, nearest first.
+        np.testing.assert_array_equal(rows, members[np.argsort(distance, kind="stable")[:5]])
+        assert set(rows) <= set(members)
+
+
+def test_cluster_examples_by_confidence(fitted, blobs):
+    X = blobs[0]
+    examples = fitted.cluster_examples(X, n_examples=4, by="confidence")
+    proba, labels = fitted.predict_proba(X), fitted.predict(X)
+    for k, rows in enumerate(examples):
+        others = np.setdiff1d(np.flatnonzero(labels == k), rows)
+        assert (labels[rows] == k).all()
+        assert np.all(np.diff(proba[rows, k]) <= 0)        # most confident first
+        if len(others):
+            assert proba[rows, k].min() >= proba[others, k].max()
+
+
+def test_cluster_examples_of_empty_and_small_clusters(fitted, blobs):
+    # Three samples of one cluster: that cluster has all three, the others none.
+    X = blobs[0]
+    k = fitted.labels_[0]
+    rows = np.flatnonzero(fitted.labels_ == k)[:3]
+    examples = fitted.cluster_examples(X[rows], n_examples=10)
+    assert [len(e) for e in examples] == [3 if c == k else 0 for c in range(3)]
+    assert sorted(examples[k]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_examples": 0}, "n_examples"), ({"n_examples": 2.0}, "n_examples"),
+    ({"by": "random"}, "by must be"),
+])
+def test_cluster_examples_errors(fitted, blobs, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fitted.cluster_examples(blobs[0], **kwargs)
+    with pytest.raises(NotFittedError):
+        SelfLabelClusterer().cluster_examples(blobs[0])
+
+
+# --------------------------------------------------------------------- choosing n_clusters
+@pytest.mark.parametrize("n_clusters", [2, 5, 10])
+def test_score_of_an_undecided_network_is_minus_log_k(blobs, n_clusters):
+    # Why score cannot compare different n_clusters: with every logit equal, each sample
+    # scores log(1 / K), whatever the data.
+    est = SelfLabelClusterer(n_clusters=n_clusters, **FAST).fit(blobs[0])
+    with torch.no_grad():
+        est.heads_[0].weight.zero_()
+        est.heads_[0].bias.zero_()
+    assert est.score(blobs[0]) == pytest.approx(-np.log(n_clusters), rel=1e-6)
+
+
+def test_grid_search_over_n_clusters_scored_against_labels_finds_the_blobs(blobs):
+    # The user guide's advice: with a few labels, choose n_clusters by ARI, not by score.
+    X, y = blobs
+    search = GridSearchCV(SelfLabelClusterer(**FAST), {"n_clusters": [2, 3, 6]}, cv=2,
+                          scoring="adjusted_rand_score").fit(X, y)
+    assert search.best_params_ == {"n_clusters": 3}
+    assert search.cv_results_["mean_test_score"][1] > search.cv_results_["mean_test_score"][0]

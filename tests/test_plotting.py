@@ -84,6 +84,43 @@ def test_cluster_grid_sample_depends_on_random_state_only():
     assert picks[0] != picks[2]
 
 
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_cluster_grid_shows_the_given_examples_in_order(as_dict):
+    labels = np.repeat([0, 1, 2], [6, 6, 6])
+    images = np.arange(18, dtype=float)[:, None, None] * np.ones((1, 4, 4))
+    examples = [np.array([5, 3, 1]), np.array([11]), np.array([], dtype=np.int64)]
+    if as_dict:
+        examples = dict(enumerate(examples))
+    fig = plot_cluster_grid(images, labels, n_per_cluster=2, examples=examples)
+    drawn = drawn_images(fig)
+    shown = [[None if img is None else float(img[0, 0]) for img in drawn[2 * r: 2 * r + 2]]
+             for r in range(3)]
+    # The first n_per_cluster examples, in their order; empty cells where there are fewer.
+    assert shown == [[5.0, 3.0], [11.0, None], [None, None]]
+    assert "n=6" in fig.axes[4].get_ylabel()
+
+
+def test_cluster_grid_with_a_fitted_clusterers_examples():
+    from skselflabel import SelfLabelClusterer
+
+    images = np.random.default_rng(0).random((40, 8, 8)).astype(np.float32)
+    images[:20, :4] += 1.0
+    clu = SelfLabelClusterer(n_clusters=2, max_epochs=2, random_state=0).fit(images)
+    examples = clu.cluster_examples(images, n_examples=3)
+    drawn = drawn_images(plot_cluster_grid(images, clu.labels_, n_per_cluster=3,
+                                           examples=examples))
+    present = np.unique(clu.labels_)
+    expected = [images[i] for k in present for i in examples[k]]
+    assert len([d for d in drawn if d is not None]) == len(expected)
+    for got, want in zip([d for d in drawn if d is not None], expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cluster_grid_rejects_examples_that_are_not_rows():
+    with pytest.raises(ValueError, match="not row numbers"):
+        plot_cluster_grid(np.zeros((4, 8, 8)), [0, 0, 1, 1], examples=[[0, 9], [2]])
+
+
 @pytest.mark.parametrize(
     "shape, kwargs, expected",
     [

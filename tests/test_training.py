@@ -1,6 +1,5 @@
 """The trainer: schedule of self-label steps, stopping, interruption."""
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
