@@ -164,6 +164,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         Cluster of each training sample, equal to ``predict(X)`` on the training data.
     self_labels_ : ndarray of shape (n_heads, n_samples)
         The balanced self-labels of the last self-label step, one row per head.
+    cluster_sizes_ : ndarray of shape (n_clusters,)
+        The cluster proportions of the first head's last self-label step: the assigner's
+        ``prior`` (estimated from the data with ``prior="auto"``), or equal ones.
     n_iter_ : int
         Epochs run (the last one partial if fitting was interrupted).
     history_ : pandas.DataFrame
@@ -317,13 +320,14 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
                      if config.n_neighbors > 0 else None)
             optimizer = make_optimizer(self.optimizer, (model["backbone_"], model["heads_"]),
                                        config.lr, self.momentum, self.weight_decay)
+            labeller = SelfLabeller(assigner, graph, config.diffusion_steps)
             trainer = Trainer(
                 model["backbone_"], model["heads_"], model["_head_width"], config, optimizer,
-                SelfLabeller(assigner, graph, config.diffusion_steps), graph, generators,
-                events, first_epoch=len(model["history_"]) + 1)
+                labeller, graph, generators, events, first_epoch=len(model["history_"]) + 1)
             with diverged_training(trainer, history, self):
                 outcome = trainer.run(feeder, labels)
         model.update(self_labels_=labels.cpu().numpy(), n_iter_=outcome.epochs,
+                     cluster_sizes_=labeller.sizes(self.n_clusters),
                      history_=history.frame(model["history_"]), _device=str(device),
                      labels_=first_head_labels(model, feeder).cpu().numpy(),
                      **data_attributes(data))

@@ -15,6 +15,7 @@ memory.
 """
 import warnings
 
+import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
@@ -97,6 +98,8 @@ class SelfLabeller:
         self.buffers = _Buffers()
         # Largest marginal error over the heads of the latest step (a host float: no sync).
         self.last_error = float("nan")
+        # Proportions the first head was last solved for (they change with prior="auto").
+        self.proportions = None
 
     @torch.no_grad()
     def relabel_(self, backbone, heads, width, feeder, labels, events=None, progress=1.0):
@@ -130,10 +133,19 @@ class SelfLabeller:
                 # reported in history_ (label_error) instead of a warning per step.
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 result = self.assigner.assign_tensor(
-                    logits, uniform=h > 0, copy=False,
+                    logits, uniform=h > 0, copy=False, previous_prior=self.proportions
+                    if h == 0 else None,
                     min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
+            if h == 0 and getattr(result, "prior", None) is not None:
+                self.proportions = result.prior
             new = result.labels
             self.last_error = max(self.last_error, float(getattr(result, "marginal_error", 0)))
             changed += (new != labels[h]).float().mean().double()
             labels[h] = new
         return changed / len(heads)
+
+    def sizes(self, n_clusters):
+        """The proportions of the first head's last solve (equal if none was reported)."""
+        if self.proportions is None:
+            return np.full(n_clusters, 1.0 / n_clusters)
+        return np.asarray(torch.as_tensor(self.proportions).cpu(), dtype=np.float64)
