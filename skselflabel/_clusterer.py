@@ -85,7 +85,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
 
     n_label_updates : int or "auto", default="auto"
         Self-label steps over the run (plus a final one). "auto": 100 (the paper's count)
-        up to 2,000 samples, falling to 10 from 20,000 samples on.
+        up to 2,000 samples, falling to 10 from 20,000 samples on; at most 3 per epoch.
 
     batch_size : int or "auto", default="auto"
         Samples per gradient step; "auto" is 128, smaller on small data sets so that an

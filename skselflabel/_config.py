@@ -24,6 +24,10 @@ MIN_EPOCHS, MAX_EPOCHS = 10, 100
 # the count falls as 200,000 / n_samples from 2,000 samples on, to 10 at 20,000.
 MAX_LABEL_UPDATES, MIN_LABEL_UPDATES = 100, 10
 LABEL_UPDATE_SAMPLES = 200_000
+# ... and never more than this many per epoch: a step costs about an epoch's forward passes
+# (and, with many heads of many clusters, one solve per head), so a one-epoch fit with 10
+# steps would spend most of its time relabelling. SeLa itself relabels every few epochs.
+MAX_LABEL_UPDATES_PER_EPOCH = 3
 # Learning rates: Adam's usual 1e-3; SeLa's SGD runs use 0.05.
 ADAM_LR, SGD_LR = 1e-3, 0.05
 # Neighbours per sample in the k-NN graph.
@@ -94,7 +98,8 @@ def resolve_config(params, n_samples, sample_shape):
     max_epochs = int(_auto(params["max_epochs"], min(
         MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))))
     n_label_updates = int(_auto(params["n_label_updates"], min(
-        MAX_LABEL_UPDATES, max(MIN_LABEL_UPDATES, LABEL_UPDATE_SAMPLES // n_samples))))
+        MAX_LABEL_UPDATES, max(MIN_LABEL_UPDATES, LABEL_UPDATE_SAMPLES // n_samples),
+        MAX_LABEL_UPDATES_PER_EPOCH * max_epochs)))
     lr = float(_auto(params["lr"], SGD_LR if params["optimizer"] == "sgd" else ADAM_LR))
     n_neighbors = min(int(_auto(params["n_neighbors"], AUTO_NEIGHBORS)), n_samples - 1)
     neighbor_prob = float(_auto(params["neighbor_prob"],

@@ -427,8 +427,9 @@ class Solution:
     converged: bool
 
 
-def finish(problem, res, row_max, max_iter):
-    """Labels and log-scalings of the final plan, with the warnings the caller must see."""
+def finish(problem, res, row_max, max_iter, check_ties=True):
+    """Labels and log-scalings of the final plan, with the warnings the caller must see
+    (``check_ties=False`` when the labels will be sized, which spreads tied rows)."""
     W = res.W
     v = res.log_v.exp().to(W.dtype)
     labels = torch.empty(W.shape[0], dtype=torch.int64, device=W.device)
@@ -439,7 +440,7 @@ def finish(problem, res, row_max, max_iter):
             labels[s:e] = (W[s:e] * v).argmax(1)
 
     problem.rows.map(argmax)
-    if problem.reduce_fn is None:       # other processes' rows are not here to count
+    if check_ties and problem.reduce_fn is None:   # other processes' rows are not here
         warn_if_tied_rows(W, labels, problem)
     log_u = res.u.log() - res.a - problem.lam * row_max
     converged = res.error <= problem.tol

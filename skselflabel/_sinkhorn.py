@@ -273,7 +273,8 @@ def solve(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
                           reduce_fn=reduce_fn)
         try:
             res, row_max = _solve_blocks(problem, src, int(max_iter), copy, init_log_v, dtype)
-            sol = finish(problem, res, row_max, int(max_iter))
+            sol = finish(problem, res, row_max, int(max_iter),
+                         check_ties=size_tolerance is None)
             if size_tolerance is not None:
                 sol.labels = round_to_sizes(res.W, res.log_v.exp().to(res.W.dtype), sol.labels,
                                             size_bounds(log_p.exp(), N, size_tolerance), rows)

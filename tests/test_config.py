@@ -54,3 +54,9 @@ def test_explicit_values_win_and_the_config_is_frozen():
 
 def test_a_trailing_batch_of_one_is_dropped():
     assert n_batches(33, 16) == 2 and n_batches(34, 16) == 3 and n_batches(1, 16) == 1
+
+
+def test_label_updates_are_at_most_three_per_epoch():
+    assert resolve_config(_params(max_epochs=1), 60000, (64,)).n_label_updates == 3
+    assert resolve_config(_params(max_epochs=4), 1797, (64,)).n_label_updates == 12
+    assert resolve_config(_params(max_epochs=40), 1797, (64,)).n_label_updates == 100
