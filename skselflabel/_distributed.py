@@ -89,8 +89,8 @@ class Team:
         processes."""
         return module
 
-    def average_buffers_(self, module):
-        """Average ``module``'s float buffers (BatchNorm statistics) over the processes."""
+    def sync_buffers_(self, module):
+        """Give ``module``'s buffers (BatchNorm statistics) the leader's values."""
 
 
 SOLO = Team()
@@ -162,17 +162,18 @@ class DistributedTeam(Team):
         return data if self.leader else buffer.numpy().tobytes()
 
     def wrap(self, module):
-        # Buffers (BatchNorm statistics) are averaged before each self-label step instead
-        # of broadcast from rank 0 at every forward: one collective per step less.
+        # Buffers are not broadcast from rank 0 at every forward: BatchNorm statistics come
+        # from the whole batch (_shared_norm), so they stay equal, and the trainer syncs
+        # buffers once before each self-label step, for user modules' own buffers. The
+        # graph is the same at every step, which lets DDP find parameters that a user's
+        # backbone leaves unused once, in the first step, instead of at every step.
         ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, **_NO_BUFFER_SYNC)
+        return DistributedDataParallel(module, device_ids=ids, static_graph=True,
+                                       **_NO_BUFFER_SYNC)
 
-    def average_buffers_(self, module):
+    def sync_buffers_(self, module):
         for buffer in module.buffers():
-            if buffer.is_floating_point():
-                self.sum_(buffer.data).div_(self.world)
-            else:                       # counters (num_batches_tracked): the same anyway
-                self.broadcast_(buffer.data)
+            self.broadcast_(buffer.data)
 
 
 # torch >= 2.13 names the option forward_sync_buffers (and warns about the old name).

@@ -8,8 +8,9 @@ and leaves the modules as trained so far (:class:`TrainOutcome` says where it st
 
 In a data-parallel fit (a :class:`~skselflabel._distributed.Team` of several processes)
 every process draws the same order and neighbour views from identically seeded
-generators and trains on its share of each batch, through ``DistributedDataParallel``;
-epoch totals, a listener's request to stop and a Ctrl-C are agreed by all processes.
+generators and trains on its share of each batch, through ``DistributedDataParallel``,
+with BatchNorm statistics of the whole batch (:mod:`skselflabel._shared_norm`); epoch
+totals, a listener's request to stop and a Ctrl-C are agreed by all processes.
 
 The trainer's position (epoch, batch, step, generator states, optimiser and schedule) is
 what a checkpoint keeps (:meth:`Trainer.state`) and a resumed fit restores
@@ -29,6 +30,7 @@ from ._distributed import SOLO
 from ._events import EpochRecord
 from ._interrupt import InterruptFlag, interrupt_requested
 from ._schedule import label_update_steps
+from ._shared_norm import shared_batch_norm
 
 
 def make_optimizer(name, modules, lr, momentum, weight_decay):
@@ -124,7 +126,7 @@ class Trainer:
 
     def _relabel(self, feeder, labels, final=False):
         # Eval-mode BatchNorm uses running statistics: the same in every process.
-        self.team.average_buffers_(self.network)
+        self.team.sync_buffers_(self.network)
         self.label_change = self.labeller.relabel_(
             self.backbone, self.heads, self.width, feeder, labels, self.events,
             progress=1.0 if final else self.step / self.config.total_steps)
@@ -140,7 +142,8 @@ class Trainer:
         interrupted, status, self.labels = None, "failed", labels
         self.events.fit_begin(cfg.max_epochs, cfg.steps_per_epoch)
         try:
-            with InterruptFlag(deferred=self.team.world > 1), warnings.catch_warnings():
+            with (InterruptFlag(deferred=self.team.world > 1), warnings.catch_warnings(),
+                  shared_batch_norm(self.network, self.team)):
                 # DDP warns when a gradient's strides differ from its bucket's in a size-1
                 # dimension only (1-channel convolutions on the CPU): the same memory.
                 warnings.filterwarnings("ignore", message="Grad strides do not match")
