@@ -93,7 +93,10 @@ def read_checkpoint(data, path):
     """The payload of a checkpoint file's bytes ``data`` (read from ``path``), or a
     :class:`CheckpointError` that says what is wrong with the file."""
     where = f"The checkpoint file {str(path)!r}"
-    if len(data) < FRAME.size or not data.startswith(MAGIC):
+    if len(data) < FRAME.size and MAGIC.startswith(data[:len(MAGIC)]):
+        raise CheckpointError(f"{where} is incomplete: it holds only {len(data)} bytes "
+                              "(truncated). Delete it to train afresh.")
+    if not data.startswith(MAGIC):
         raise CheckpointError(f"{where} is not a skselflabel checkpoint (it does not start "
                               "as one). Pass another path, or delete the file.")
     _, length, digest = FRAME.unpack_from(data)
