@@ -108,8 +108,11 @@ def head_sizes(self_labels, n_clusters):
 def machine():
     from _report import machine_description
 
+    from skselflabel._threads import effective_threads
+
+    # The fits run on the threads of the default n_jobs=None, whatever torch's default is.
     return {"machine": machine_description(), "load_start": os.getloadavg()[0],
-            "threads": __import__("torch").get_num_threads()}
+            "fit_threads": effective_threads(None)}
 
 
 # ------------------------------------------------------------------ cases
@@ -258,7 +261,8 @@ def case_graph(quick):
 
 # ------------------------------------------------------------------ driver and report
 def run_case(name, quick):
-    result = dict(machine(), case=name, quick=quick, command=" ".join(sys.argv))
+    result = dict(machine(), case=name, quick=quick,
+                  command=f"python benchmarks/scale.py {name}" + " --quick" * quick)
     tic = time.perf_counter()
     result.update(globals()[f"case_{name}"](quick))
     result["wall_seconds"] = time.perf_counter() - tic

@@ -23,7 +23,9 @@ def _sizes(heads, target):
 
 
 def _run_line(r):
-    return (f"Machine: {r['machine']}; torch threads {r['threads']}; 1-minute load "
+    threads = r.get("fit_threads", 1)     # n_jobs=None: one thread
+    return (f"Machine: {r['machine']}; fit threads {threads} (the default n_jobs=None); "
+            f"1-minute load "
             f"average {r['load_start']:.1f} at the start, {r['load_end']:.1f} at the end. "
             f"Command: `{r['command']}`.")
 

@@ -63,13 +63,9 @@ myst_heading_anchors = 3
 # Notebooks: stored without outputs, executed on the quick budget by the build (the kernel
 # inherits this environment), unless SKSELFLABEL_DOCS_EXECUTE=0.
 def _fashion_mnist_missing():
-    from skselflabel.datasets import load_fashion_mnist
+    from skselflabel.datasets import fashion_mnist_available
 
-    try:
-        load_fashion_mnist(split="test", return_X_y=True)
-    except FileNotFoundError:
-        return True
-    return False
+    return not fashion_mnist_available()
 
 
 if os.environ.get("SKSELFLABEL_DOCS_EXECUTE", "1") == "1":

@@ -2,12 +2,14 @@
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from scipy.special import softmax
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                           TransformerMixin, _fit_context)
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._priors import estimate_proportions
 from ._sinkhorn import sinkhorn_knopp, solve
 
 __all__ = ["SinkhornAssigner"]
@@ -38,8 +40,11 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         Inverse entropic regularisation :math:`\lambda`: larger gives harder assignments.
         With ``input="distance"`` the squared distances are first divided by their typical
         size (``distance_scale_``), so the default suits distances of any scale.
-    prior : array-like of shape (n_clusters,), default=None
-        Relative cluster sizes (normalised to sum 1); uniform when None.
+    prior : array-like of shape (n_clusters,), "auto" or None, default=None
+        Relative cluster sizes (normalised to sum 1); uniform when None. "auto" estimates
+        them from the scores (EM for mixture proportions, floored so that no cluster
+        vanishes; :mod:`skselflabel._priors`): in :class:`SelfLabelClusterer` anew at
+        every self-label step, starting from equal sizes.
     input : {"logits", "proba", "distance"}, default="logits"
         What the columns of ``X`` hold, one per cluster:
 
@@ -123,7 +128,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
 
     _parameter_constraints: dict = {
         "lam": [Interval(Real, 0, None, closed="neither")],
-        "prior": ["array-like", None],
+        "prior": ["array-like", None, StrOptions({"auto"})],
         "input": [StrOptions({"logits", "proba", "distance"})],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -177,11 +182,13 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
             Fitted assigner.
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32])
-        prior = None if self.prior is None else np.asarray(self.prior, dtype=np.float64)
         if self.input == "distance":
             self.distance_scale_ = self._distance_scale(X)
-        res = sinkhorn_knopp(self._scores(X), lam=self.lam, prior=prior, tol=self.tol,
+        scores = self._scores(X)
+        prior = self._prior(torch.from_numpy(scores), None, uniform=False)
+        res = sinkhorn_knopp(scores, lam=self.lam, prior=prior, tol=self.tol,
                              max_iter=self.max_iter, size_tolerance=self.size_tolerance)
+        self.cluster_sizes_ = np.asarray(res.prior)
         self.log_v_ = res.log_v
         self.labels_ = res.labels
         self.n_iter_ = res.n_iter
@@ -223,7 +230,20 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         """
         return self._log_odds(X).argmax(axis=1)
 
-    def assign_tensor(self, scores, *, uniform=False, copy=True, min_size_tolerance=0.0):
+    def _prior(self, scores, previous, uniform):
+        """The column marginal of one solve: uniform, the given prior, or (``"auto"``)
+        proportions estimated from ``scores`` starting at ``previous`` (equal if None)."""
+        if uniform or self.prior is None:
+            return None
+        if isinstance(self.prior, str):
+            k = scores.shape[1]
+            start = torch.full((k,), 1.0 / k, dtype=torch.float64) if previous is None \
+                else torch.as_tensor(previous, dtype=torch.float64)
+            return estimate_proportions(scores, start).cpu().numpy()
+        return np.asarray(self.prior, np.float64)
+
+    def assign_tensor(self, scores, *, uniform=False, copy=True, min_size_tolerance=0.0,
+                      previous_prior=None):
         """Balanced hard assignment of a score tensor, computed where the tensor lives.
 
         The entry point of :class:`SelfLabelClusterer`'s self-label step: it solves the
@@ -245,12 +265,15 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
             Allow cluster sizes at least this far from their shares, even when
             ``size_tolerance`` is tighter (:class:`SelfLabelClusterer` widens the sizes of
             its early self-label steps so); no effect when ``size_tolerance`` is None.
+        previous_prior : array-like of shape (n_clusters,), default=None
+            With ``prior="auto"``: the proportions of the previous self-label step, where
+            the estimate starts (equal sizes if None).
 
         Returns
         -------
         result : SinkhornResult
-            With ``labels`` (int64), ``log_u`` and ``log_v`` as tensors on the device of
-            ``scores``.
+            With ``labels`` (int64), ``log_u``, ``log_v`` and ``prior`` (the proportions
+            solved for) as tensors on the device of ``scores``.
 
         Examples
         --------
@@ -260,7 +283,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         >>> SinkhornAssigner(lam=10.0).assign_tensor(scores).labels
         tensor([0, 1, 0, 1])
         """
-        prior = None if uniform or self.prior is None else np.asarray(self.prior, np.float64)
+        prior = self._prior(scores, previous_prior, uniform)
         tolerance = self.size_tolerance
         if tolerance is not None:
             tolerance = max(tolerance, min_size_tolerance)

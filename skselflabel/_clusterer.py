@@ -169,6 +169,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         Cluster of each training sample, equal to ``predict(X)`` on the training data.
     self_labels_ : ndarray of shape (n_heads, n_samples)
         The balanced self-labels of the last self-label step, one row per head.
+    cluster_sizes_ : ndarray of shape (n_clusters,)
+        The cluster proportions of the first head's last self-label step: the assigner's
+        ``prior`` (estimated from the data with ``prior="auto"``), or equal ones.
     n_iter_ : int
         Epochs run (the last one partial if fitting was interrupted).
     history_ : pandas.DataFrame

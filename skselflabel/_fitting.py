@@ -109,6 +109,7 @@ def _train(estimator, inputs, config, assigner, device, team, resume):
         with diverged_training(trainer, history, estimator):
             outcome = trainer.run(feeder, labels)
     model.update(self_labels_=labels.cpu().numpy(), n_iter_=outcome.epochs,
+                 cluster_sizes_=trainer.labeller.sizes(estimator.n_clusters),
                  history_=history.frame(model["history_"]), _device=str(device),
                  labels_=first_head_labels(model, feeder, team).cpu().numpy(),
                  **data_attributes(data))

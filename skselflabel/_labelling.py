@@ -21,6 +21,7 @@ process is that of a one-process fit (one head's ``N x K`` logits at a time).
 """
 import warnings
 
+import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
@@ -111,6 +112,8 @@ class SelfLabeller:
         self.buffers = _Buffers()
         # Largest marginal error over the heads of the latest step (a host float: no sync).
         self.last_error = float("nan")
+        # Proportions the first head was last solved for (they change with prior="auto").
+        self.proportions = None
 
     @torch.no_grad()
     def relabel_(self, backbone, heads, width, feeder, labels, events=None, progress=1.0):
@@ -136,7 +139,7 @@ class SelfLabeller:
             if events is not None:
                 events.relabel(h, len(heads))
             report[h] = self._assign(heads[h], h, features, on_features, progress, new[h])
-        self._share(new, report)
+        self._share(new, report, heads[0].out_features)
         self.last_error = max(0.0, float(report[:, 0].max()))
         changed = torch.zeros((), dtype=torch.float64, device=device)
         for h in range(len(heads)):
@@ -161,15 +164,18 @@ class SelfLabeller:
             # reported in history_ (label_error) instead of a warning per step.
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = self.assigner.assign_tensor(
-                logits, uniform=h > 0, copy=False,
+                logits, uniform=h > 0, copy=False, previous_prior=self.proportions
+                if h == 0 else None,
                 min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
+        if h == 0 and getattr(result, "prior", None) is not None:
+            self.proportions = result.prior
         out.copy_(result.labels)
         error = float(getattr(result, "marginal_error", 0))
         return torch.tensor([error, 0.0, logits.numel()], dtype=torch.float64)
 
-    def _share(self, new, report):
-        """Every head's labels and report in every process (each head came from one), or
-        the same NonFiniteOutput in all of them."""
+    def _share(self, new, report, n_clusters):
+        """Every head's labels and report, and the first head's proportions, in every
+        process (each head came from one), or the same NonFiniteOutput in all of them."""
         self.team.sum_(report)
         bad = torch.nonzero(report[:, 1]).flatten()
         if len(bad):
@@ -177,3 +183,16 @@ class SelfLabeller:
             raise NonFiniteOutput(f"head {h}", int(report[h, 1]), int(report[h, 2]))
         for h in range(new.shape[0]):
             self.team.broadcast_(new[h], src=h % self.team.world)
+        # The first head is the leader's: its proportions (prior="auto") go to the others.
+        if self.team.world > 1 and self.team.any(self.team.leader and
+                                                 self.proportions is not None):
+            proportions = (torch.as_tensor(self.proportions, dtype=torch.float64)
+                           if self.team.leader else torch.empty(n_clusters,
+                                                                dtype=torch.float64))
+            self.proportions = self.team.broadcast_(proportions.to(new.device).clone())
+
+    def sizes(self, n_clusters):
+        """The proportions of the first head's last solve (equal if none was reported)."""
+        if self.proportions is None:
+            return np.full(n_clusters, 1.0 / n_clusters)
+        return np.asarray(torch.as_tensor(self.proportions).cpu(), dtype=np.float64)

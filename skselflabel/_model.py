@@ -31,7 +31,8 @@ from ._solver_input import check_prior
 DEFAULT_LAM, DEFAULT_TOL = 10.0, 1e-2
 DEFAULT_ROUNDING = 0.5
 # Everything fit sets: replaced together when a fit commits, never one by one.
-FITTED = ("labels_", "self_labels_", "n_iter_", "history_", "backbone_", "heads_",
+FITTED = ("labels_", "self_labels_", "cluster_sizes_", "n_iter_", "history_", "backbone_",
+          "heads_",
           "n_features_in_", "feature_names_in_", "_sample_shape", "_scaling", "_device",
           "_head_width", "_n_features_out")
 # Layout of the pickled state; a pickle of another layout is refused with a clear message.
@@ -48,8 +49,9 @@ def checked_assigner(assigner, n_clusters):
     assigner = default_assigner() if assigner is None else assigner
     if callable(getattr(assigner, "_validate_params", None)):
         assigner._validate_params()
-    if getattr(assigner, "prior", None) is not None:
-        check_prior(assigner.prior, n_clusters)     # fail before training, not during it
+    prior = getattr(assigner, "prior", None)
+    if prior is not None and not (isinstance(prior, str) and prior == "auto"):
+        check_prior(prior, n_clusters)     # fail before training, not during it
     if getattr(assigner, "input", "logits") != "logits":
         raise ValueError("The assigner of SelfLabelClusterer receives logits; got an "
                          f"assigner with input={assigner.input!r}. Use input='logits'.")

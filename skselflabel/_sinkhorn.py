@@ -72,6 +72,8 @@ class SinkhornResult:
         ``prior_k`` for the returned scalings.
     converged : bool
         Whether ``marginal_error <= tol``.
+    prior : ndarray of shape (n_clusters,), dtype float64
+        The column marginal solved for: ``prior`` normalised, or equal sizes.
     """
 
     labels: np.ndarray
@@ -80,6 +82,7 @@ class SinkhornResult:
     n_iter: int
     marginal_error: float
     converged: bool
+    prior: np.ndarray = None
 
 
 def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
@@ -232,8 +235,8 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
     res = solve(scores, lam=lam, prior=prior, tol=tol, max_iter=max_iter, copy=copy,
                 init_log_v=init_log_v, reduce_fn=reduce_fn, n_total=n_total,
                 size_tolerance=size_tolerance)
-    res.labels, res.log_u, res.log_v = (t.cpu().numpy() for t in (res.labels, res.log_u,
-                                                                   res.log_v))
+    res.labels, res.log_u, res.log_v, res.prior = (
+        t.cpu().numpy() for t in (res.labels, res.log_u, res.log_v, res.prior))
     return res
 
 
@@ -278,7 +281,7 @@ def solve(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
             rows.close()
     return SinkhornResult(labels=sol.labels, log_u=sol.log_u, log_v=sol.log_v,
                           n_iter=sol.n_iter, marginal_error=sol.marginal_error,
-                          converged=sol.converged)
+                          converged=sol.converged, prior=log_p.exp())
 
 
 # ---------------------------------------------------------------------------- solver

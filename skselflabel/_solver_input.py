@@ -63,7 +63,7 @@ def needs_copy(src, copy, writeable, dtype):
 
 def check_prior(prior, K):
     """``prior`` as a normalised float64 CPU tensor of length ``K``, or a ValueError."""
-    p = torch.as_tensor(np.asarray(prior, dtype=np.float64)
+    p = torch.as_tensor(np.ascontiguousarray(prior, dtype=np.float64)
                         if not isinstance(prior, torch.Tensor)
                         else prior.detach().to("cpu", torch.float64))
     if p.ndim != 1 or p.shape[0] != K:

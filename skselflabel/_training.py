@@ -272,6 +272,9 @@ class Trainer:
             "loss_sum": (self.loss_sum if is_open else torch.zeros(())).detach().cpu(),
             "step": self.step, "labels_step": self.labels_step, "finished": self.finished,
             "label_change": float(self.label_change), "label_error": self.labeller.last_error,
+            # The first head's proportions (prior="auto" starts each estimate from them).
+            "proportions": (None if getattr(self.labeller, "proportions", None) is None
+                            else torch.as_tensor(self.labeller.proportions).cpu()),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "view_generator": self.view_state if is_open else self.view_generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
@@ -287,5 +290,6 @@ class Trainer:
         self.finished, self.epoch = state["finished"], state["epoch"] - 1
         self.label_change = torch.tensor(state["label_change"], dtype=torch.float64)
         self.labeller.last_error = state["label_error"]
+        self.labeller.proportions = state["proportions"]
         self.resume_at = {name: state[name] for name in ("epoch", "epoch_steps", "seconds",
                                                          "loss_sum")}

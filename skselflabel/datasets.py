@@ -24,6 +24,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "load_fashion_mnist",
     "load_digits_images",
+    "fashion_mnist_available",
     "read_idx",
     "write_idx",
 ]
@@ -246,6 +247,26 @@ def load_fashion_mnist(data_home=None, *, split="train", return_X_y=False, as_fl
     return _images_or_bunch(images, target, return_X_y,
                             target_names=list(FASHION_MNIST_CLASSES), data_dir=str(directory),
                             DESCR=_FASHION_DESCR)
+
+
+def fashion_mnist_available(data_home=None):
+    """Whether the Fashion-MNIST test split can be loaded from local files.
+
+    Parameters
+    ----------
+    data_home : str or path-like, default=None
+        Searched first, as in :func:`load_fashion_mnist`.
+
+    Returns
+    -------
+    available : bool
+        False when the files are missing (``apt-get install dataset-fashion-mnist``).
+    """
+    try:
+        load_fashion_mnist(data_home, split="test", return_X_y=True)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def load_digits_images(*, return_X_y=False):

@@ -237,3 +237,10 @@ def test_real_fashion_mnist_from_the_debian_package(monkeypatch):
     assert bunch.images.shape == (70000, 28, 28)
     np.testing.assert_array_equal(np.bincount(bunch.target), np.full(10, 7000))
     np.testing.assert_array_equal(bunch.target[60000:], y)
+
+
+def test_fashion_mnist_available_says_whether_the_files_are_there(tmp_path):
+    # The system location is an empty directory here (isolated_search).
+    assert datasets.fashion_mnist_available() is False
+    make_split(tmp_path / "home", "t10k", n=3, seed=0)
+    assert datasets.fashion_mnist_available(tmp_path / "home") is True

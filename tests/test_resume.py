@@ -124,6 +124,22 @@ def test_a_crash_resumes_from_the_last_checkpoint(images, uninterrupted, tmp_pat
     _assert_same_fit(resumed, uninterrupted)
 
 
+def test_estimated_cluster_proportions_resume_too(images, tmp_path, monkeypatch):
+    # prior="auto" starts each step's estimate from the previous step's proportions.
+    monkeypatch.setattr(_resume, "LABEL_UPDATE_SECONDS", 0.0)
+    params = dict(assigner=SinkhornAssigner(lam=10.0, tol=0.01, prior="auto"),
+                  n_label_updates=6)
+    reference, _ = _fit(images, augment=Trap(), **params)
+    path = tmp_path / "fit.ckpt"
+    with pytest.raises(RuntimeError, match="went down"):
+        _fit(images, augment=Trap(at=14, action="crash"), checkpoint=path, **params)
+    assert read_checkpoint(path.read_bytes(), path)["training"]["proportions"] is not None
+    resumed, _ = _fit(images, augment=Trap(), checkpoint=path, **params)
+    _assert_same_fit(resumed, reference)
+    np.testing.assert_array_equal(resumed.cluster_sizes_, reference.cluster_sizes_)
+    assert not np.allclose(reference.cluster_sizes_, 0.1)      # they were estimated
+
+
 @pytest.fixture
 def stopped_checkpoint(images, tmp_path):
     """A checkpoint left by a crash after epoch 1."""

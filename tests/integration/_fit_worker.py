@@ -10,9 +10,9 @@ MODE:
   Under torchrun it first checks the team's collectives, BatchNorm over the shares of the
   two processes, and that the neighbour graph built by two processes is the one-process
   graph.
-* ``checkpoint``: a short fit (4 epochs) with ``checkpoint=CHECKPOINT``, which the tests
-  kill and interrupt; every self-label step writes a checkpoint, as on long epochs, so
-  that kills also find checkpoints in the middle of epochs.
+* ``checkpoint``: a short fit (4 epochs, ``prior="auto"``) with ``checkpoint=CHECKPOINT``,
+  which the tests kill and interrupt; every self-label step writes a checkpoint, as on
+  long epochs, so that kills also find checkpoints in the middle of epochs.
 """
 import copy
 import os
@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from sklearn.datasets import load_digits
 
-from skselflabel import SelfLabelClusterer
+from skselflabel import SelfLabelClusterer, SinkhornAssigner
 from skselflabel import _resume
 from skselflabel._distributed import join_team
 from skselflabel._graph import NeighborGraph
@@ -99,15 +99,17 @@ def main(mode, out, checkpoint=None):
             check_team(X)
     else:
         _resume.LABEL_UPDATE_SECONDS = 0.0
+        # The default assigner with prior="auto", whose proportions carry over steps.
+        auto = SinkhornAssigner(lam=10.0, tol=0.01, size_tolerance=0.5, prior="auto")
         est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=CHECKPOINT_EPOCHS,
-                                 checkpoint=checkpoint)
+                                 assigner=auto, checkpoint=checkpoint)
     (out / f"started{rank}").write_text("")
     est.fit(X)
     weights = torch.cat([t.flatten().double() for module in (est.backbone_, est.heads_)
                          for t in module.state_dict().values()])
     np.savez(out / f"rank{rank}.npz", labels=est.labels_, self_labels=est.self_labels_,
              history=est.history_.to_numpy(dtype=float), weights=weights.numpy(),
-             n_iter=est.n_iter_)
+             n_iter=est.n_iter_, cluster_sizes=est.cluster_sizes_)
     if rank == 0:
         (out / "estimator.pkl").write_bytes(pickle.dumps(est))
 

@@ -51,7 +51,7 @@ def test_a_fit_in_two_processes_ends_alike_in_both_and_clusters_as_one(tmp_path)
     two, one = tmp_path / "two", tmp_path / "one"
     _launch.finish(_launch.start("default", two, processes=2), two)
     ranks = _launch.results(two, processes=2)
-    for name in ("labels", "self_labels", "history", "weights", "n_iter"):
+    for name in ("labels", "self_labels", "history", "weights", "n_iter", "cluster_sizes"):
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
     assert len(ranks[0]["history"]) == 40 and np.isfinite(ranks[0]["history"]).all()
     _launch.finish(_launch.start("default", one), one)

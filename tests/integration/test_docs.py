@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skselflabel.datasets import load_fashion_mnist
+from skselflabel.datasets import fashion_mnist_available
 
 pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
 
@@ -19,11 +19,7 @@ CDN = re.compile(r"cdn\.|jsdelivr|unpkg|cdnjs|googleapis|mathjax\.org|polyfill\.
 
 
 def _fashion_mnist_missing():
-    try:
-        load_fashion_mnist(split="test", return_X_y=True)
-    except FileNotFoundError:
-        return True
-    return False
+    return not fashion_mnist_available()
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,17 @@ KILL_AT = (0.08, 0.2)
 
 
 def _uninterrupted(out, processes):
-    """Labels of the fit run through, and how long its fit took (seconds)."""
+    """Results of the fit run through, and how long its fit took (seconds)."""
     proc = _launch.start("checkpoint", out, out / "fit.ckpt", processes)
     _launch.wait_for(out / "started0", proc)
     began = time.monotonic()
     _launch.finish(proc, out)
-    return _launch.results(out, processes)[0]["labels"], time.monotonic() - began
+    return _launch.results(out, processes)[0], time.monotonic() - began
+
+
+def _assert_same_end(rank, reference, message=""):
+    for name in ("labels", "self_labels", "cluster_sizes"):
+        np.testing.assert_array_equal(rank[name], reference[name], err_msg=message + name)
 
 
 def _kill(proc, out, how, processes):
@@ -74,8 +79,7 @@ def _kill_three_times(tmp_path, processes, ways):
     ranks = _launch.results(out, processes)
     assert "resumes from the checkpoint" in _launch.log_tail(out, 10**6)
     for rank in ranks:
-        np.testing.assert_array_equal(rank["labels"], reference,
-                                      err_msg=f"seed {SEED}; " + "; ".join(seen))
+        _assert_same_end(rank, reference, f"seed {SEED}; " + "; ".join(seen) + "; ")
     assert not path.exists()                    # the completed fit removed it
     print(f"seed {SEED}; fit of {seconds:.1f} s; " + "; ".join(seen))
     return seen
@@ -105,8 +109,9 @@ def test_ctrl_c_in_one_process_stops_both_at_the_same_batch_under_torchrun(tmp_p
     _launch.finish(proc, out)
     stopped = _launch.results(out, 2)
     assert stopped[0]["n_iter"] < 4 and "interrupted" in _launch.log_tail(out, 10**6)
-    for name in ("labels", "history", "weights"):
+    for name in ("labels", "history", "weights", "cluster_sizes"):
         np.testing.assert_array_equal(stopped[0][name], stopped[1][name], err_msg=name)
     assert "checkpoint at" in _check_complete(path, "after Ctrl-C")
     _launch.finish(_launch.start("checkpoint", out, path, 2), out)
-    np.testing.assert_array_equal(_launch.results(out, 2)[0]["labels"], reference)
+    for rank in _launch.results(out, 2):
+        _assert_same_end(rank, reference)

@@ -15,7 +15,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat", reason="the dev extra is not installed")
 nbclient = pytest.importorskip("nbclient", reason="the dev extra is not installed")
 
-from skselflabel.datasets import load_fashion_mnist  # noqa: E402
+from skselflabel.datasets import fashion_mnist_available  # noqa: E402
 
 pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
 
@@ -25,11 +25,7 @@ KERNEL = "skselflabel-test-python"
 
 
 def _fashion_mnist_missing():
-    try:
-        load_fashion_mnist(split="test", return_X_y=True)
-    except FileNotFoundError:
-        return True
-    return False
+    return not fashion_mnist_available()
 
 
 @pytest.fixture(scope="module")
