@@ -2,6 +2,7 @@
 checks, settings, network, neighbour graph, trainer, self-label step, assigner) that live
 in modules of their own. ``fit`` builds the model in locals and commits it at the end.
 """
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -12,21 +13,15 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._config import resolve_config
 from ._examples import cluster_examples
-from ._events import CallbackSupportMixin, HistoryRecorder, fit_events
-from ._graph import NeighborGraph
+from ._events import CallbackSupportMixin
+from ._fitting import fit_model
 from ._inference import represent
-from ._inputs import (check_cluster_count, check_fit_input, check_predict_input,
-                      training_device)
-from ._labelling import SelfLabeller
-from ._model import (FittedModelMixin, balanced_log_likelihood, check_fit_memory,
-                     checked_assigner, commit, data_attributes, default_assigner,
-                     diverged_training, first_head_labels, first_head_logits, fit_seeds,
-                     initial_labels, initial_model, snapshot)
+from ._inputs import check_predict_input
+from ._model import (FittedModelMixin, balanced_log_likelihood, checked_assigner, commit,
+                     default_assigner, first_head_labels, first_head_logits)
 from ._source import Feeder
 from ._threads import uses_n_jobs
-from ._training import Trainer, make_optimizer
 
 
 class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
@@ -158,6 +153,16 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         When True and fitted before on samples of the same shape, ``fit`` continues
         training the current network instead of starting afresh.
 
+    checkpoint : str, path-like or None, default=None
+        A file where ``fit`` keeps its state (network, optimiser, schedule, self-labels,
+        generator states, position, ``history_``): written at the end of every epoch, at
+        self-label steps a minute or more after the last write, and on Ctrl-C; replaced
+        atomically, so the file on disk is always complete; removed when ``fit``
+        completes. A ``fit`` that finds the file resumes where it stopped, with a warning
+        (on the CPU it ends with the labels the uninterrupted fit would have had), if the
+        file comes from the same parameters and data; otherwise it refuses it, naming
+        what differs.
+
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
@@ -195,6 +200,11 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
     Ctrl-C during training stops after the current batch and leaves a fitted estimator,
     with a warning saying how far training got; a second Ctrl-C interrupts at once.
     ``predict``, ``predict_proba``, ``transform`` and ``score`` never change the estimator.
+    In a script run by ``torchrun`` (a ``torch.distributed`` process group of several
+    processes, initialised by ``fit`` from torchrun's variables when the script did not),
+    every process calls ``fit`` with the same ``X``: each trains on its share of every
+    batch, with gradients all-reduced, and all end with the same model (the user guide's
+    "Training on several GPUs or machines").
     With scikit-learn >= 1.9, ``set_callbacks`` attaches scikit-learn callbacks (such as
     ``sklearn.callback.ProgressBar``); each epoch is one task.
 
@@ -239,6 +249,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "checkpoint": [str, os.PathLike, None],
     }
 
     def __init__(self, n_clusters=10, *, n_heads=1, backbone="auto", assigner=None,
@@ -246,7 +257,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
                  diffusion_steps="auto", augment="auto", device="auto", num_workers=0,
-                 n_jobs=None, random_state=None, verbose=0, warm_start=False):
+                 n_jobs=None, random_state=None, verbose=0, warm_start=False,
+                 checkpoint=None):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.backbone = backbone
@@ -269,6 +281,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.checkpoint = checkpoint
 
     def set_params(self, **params):
         # assigner__<name> with assigner=None first makes the default explicit (grid searches).
@@ -298,46 +311,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         self : SelfLabelClusterer
             The fitted estimator.
         """
-        data = check_fit_input(self, X, self.num_workers)
-        check_cluster_count(data, self.n_clusters)
-        config = resolve_config(self.get_params(deep=False), data.n_samples,
-                                data.sample_shape)
-        assigner = checked_assigner(self.assigner, self.n_clusters)
-        seeds = fit_seeds(self.random_state)
-        device = training_device(self.device)
-        init_gen = torch.Generator().manual_seed(int(seeds[0]))
-        model = initial_model(self, data, init_gen, device)
-        check_fit_memory(self, config, data, model, device)
-        feeder = Feeder(data.source, model["_scaling"], device)
-        generators = (torch.Generator(feeder.index_device).manual_seed(int(seeds[1])),
-                      torch.Generator(device).manual_seed(int(seeds[2])))
-        labels = initial_labels(model["heads_"], data.n_samples, init_gen, device)
-        history = HistoryRecorder()
-        events = fit_events(self, history, X, y, lambda: snapshot(model, data, feeder))
-        # Restore torch's global RNG afterwards in case a user module (e.g. Dropout) uses it.
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            graph = (NeighborGraph.build(feeder, config.neighbor_features, config.n_neighbors)
-                     if config.n_neighbors > 0 else None)
-            optimizer = make_optimizer(self.optimizer, (model["backbone_"], model["heads_"]),
-                                       config.lr, self.momentum, self.weight_decay)
-            labeller = SelfLabeller(assigner, graph, config.diffusion_steps)
-            trainer = Trainer(
-                model["backbone_"], model["heads_"], model["_head_width"], config, optimizer,
-                labeller, graph, generators, events, first_epoch=len(model["history_"]) + 1)
-            with diverged_training(trainer, history, self):
-                outcome = trainer.run(feeder, labels)
-        model.update(self_labels_=labels.cpu().numpy(), n_iter_=outcome.epochs,
-                     cluster_sizes_=labeller.sizes(self.n_clusters),
-                     history_=history.frame(model["history_"]), _device=str(device),
-                     labels_=first_head_labels(model, feeder).cpu().numpy(),
-                     **data_attributes(data))
+        model, messages = fit_model(self, X, y)
         commit(self, model)
-        if outcome.interrupted is not None:
-            epoch, batch, steps = outcome.interrupted
-            warnings.warn(f"fit was interrupted (KeyboardInterrupt) at epoch {epoch} of "
-                          f"{config.max_epochs}, after batch {batch} of {steps}; the "
-                          "estimator is fitted with the network as trained so far.",
-                          UserWarning, stacklevel=2)
+        for message in messages:
+            warnings.warn(message, UserWarning, stacklevel=2)
         return self
 
     # ------------------------------------------------------------------ inference

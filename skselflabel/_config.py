@@ -66,10 +66,11 @@ class FitConfig:
         return self.max_epochs * self.steps_per_epoch
 
 
-def n_batches(n_samples, batch_size):
-    """Batches per epoch; a trailing batch of one sample (it breaks BatchNorm) is dropped."""
+def n_batches(n_samples, batch_size, n_processes=1):
+    """Batches per epoch; a trailing batch too small to give every process two samples
+    (one sample breaks BatchNorm) is dropped."""
     n = math.ceil(n_samples / batch_size)
-    if n > 1 and n_samples % batch_size == 1:
+    if n > 1 and 0 < n_samples % batch_size < 2 * n_processes:
         n -= 1
     return n
 
@@ -78,7 +79,7 @@ def _auto(value, default):
     return default if isinstance(value, str) and value == "auto" else value
 
 
-def resolve_config(params, n_samples, sample_shape):
+def resolve_config(params, n_samples, sample_shape, n_processes=1):
     """A :class:`FitConfig` from the estimator's ``get_params()`` and the data's shape.
 
     Parameters
@@ -89,12 +90,19 @@ def resolve_config(params, n_samples, sample_shape):
         Number of training samples.
     sample_shape : tuple of int
         Shape of one sample: ``(d,)`` for tables, ``(c, h, w)`` for images.
+    n_processes : int, default=1
+        Processes of a data-parallel fit, which share every batch: each needs at least two
+        samples of it.
     """
     is_image = len(sample_shape) == 3
     batch_size = int(_auto(params["batch_size"], min(
         AUTO_BATCH_SIZE, max(MIN_AUTO_BATCH_SIZE, n_samples // MIN_STEPS_PER_EPOCH))))
     batch_size = min(batch_size, n_samples)
-    steps_per_epoch = n_batches(n_samples, batch_size)
+    if batch_size < 2 * n_processes:
+        raise ValueError(f"batch_size={batch_size} is shared by {n_processes} processes; "
+                         "each needs at least 2 samples of a batch (BatchNorm), so "
+                         f"batch_size must be at least {2 * n_processes}.")
+    steps_per_epoch = n_batches(n_samples, batch_size, n_processes)
     max_epochs = int(_auto(params["max_epochs"], min(
         MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))))
     n_label_updates = int(_auto(params["n_label_updates"], min(

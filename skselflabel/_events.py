@@ -162,11 +162,15 @@ class SklearnCallbacks(FitListener):
                                        reconstruction_attributes=self.snapshot)
 
 
-def fit_events(estimator, history, X, y, snapshot):
+def fit_events(estimator, history, X, y, snapshot, leader=True):
     """The event stream of one fit: its history, the ``verbose`` progress bar and, with
-    scikit-learn >= 1.9, the estimator's scikit-learn callbacks."""
+    scikit-learn >= 1.9, the estimator's scikit-learn callbacks. Of the processes of a
+    data-parallel fit only the ``leader`` reports progress and calls the callbacks (the
+    trainer shares a callback's request to stop with the others)."""
     from ._progress import ProgressReporter     # it listens to this module's events
 
+    if not leader:
+        return EventStream([history])
     listeners = [history] + ([ProgressReporter()] if estimator.verbose else [])
     if SklearnCallbacks.supported(estimator):
         listeners.append(SklearnCallbacks(estimator, X, y, snapshot))

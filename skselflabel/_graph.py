@@ -16,6 +16,12 @@ of gradient orientations for images (:mod:`skselflabel._descriptors`), or a user
 computed batch by batch and projected on its top 64 principal axes when wider. The search
 is exact up to 100,000 samples; beyond, it is approximate (faiss, the optional extra
 ``faiss``, in N log N time) or, without faiss, exact with a warning.
+
+In a data-parallel fit each process computes the neighbour points of its shard of the rows
+(wide points projected on principal axes of all rows, from all-reduced float64 sums), the
+low-dimensional points are all-gathered, each process searches the neighbours of its shard
+among all rows, and the neighbour indices are all-gathered: every process holds the graph
+of all rows.
 """
 import warnings
 
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 
 from ._descriptors import gradient_histograms
+from ._distributed import SOLO
 from ._interrupt import check_interrupt
 
 # Rows of the (chunk, n_neighbors, K) gather of a diffusion step: about 64 MB at a time.
@@ -75,7 +82,7 @@ def _given_points(features, n_samples, device):
     return points.to(device)
 
 
-def neighbor_points(feeder, features, max_dim=MAX_DIM):
+def neighbor_points(feeder, features, max_dim=MAX_DIM, team=SOLO):
     """The points whose nearest neighbours make the graph, computed batch by batch.
 
     Parameters
@@ -89,6 +96,9 @@ def neighbor_points(feeder, features, max_dim=MAX_DIM):
         Wider points are projected on their top ``max_dim`` principal axes; when the wide
         ``(n_samples, m)`` matrix would exceed 256 MiB, in two streamed passes
         (covariance, then projection) instead of in memory.
+    team : skselflabel._distributed.Team, default=one process
+        With several processes, each embeds its shard of the rows and the points are
+        all-gathered (wide ones projected in the streamed way, over all rows).
 
     Returns
     -------
@@ -99,6 +109,8 @@ def neighbor_points(feeder, features, max_dim=MAX_DIM):
         points = _given_points(features, feeder.n_samples, feeder.index_device)
         return _project(points, max_dim) if points.shape[1] > max_dim else points
     embed = _embedder(features)
+    if team.world > 1:
+        return _shared_points(embed, feeder, max_dim, team)
     width = embed(feeder.take(slice(0, 2))).shape[1]
     if width <= max_dim or feeder.n_samples * width * 4 <= IN_MEMORY_BYTES:
         points = torch.cat([embed(b) for b in feeder.sequential()]).to(feeder.index_device)
@@ -108,20 +120,38 @@ def neighbor_points(feeder, features, max_dim=MAX_DIM):
                       for b in feeder.sequential()])
 
 
-def _principal_axes(embed, feeder, dim):
+def _shared_points(embed, feeder, max_dim, team):
+    """:func:`neighbor_points` of every sample, each process embedding its shard."""
+    start, stop = team.shard(feeder.n_samples)
+    part = feeder.rows(start, stop)
+    if embed(part.take(slice(0, 2))).shape[1] > max_dim:
+        mean, axes = _principal_axes(embed, part, max_dim, team)
+        local = torch.cat([((embed(b) - mean) @ axes).to(feeder.index_device)
+                           for b in part.sequential()])
+    else:
+        local = torch.cat([embed(b) for b in part.sequential()]).to(feeder.index_device)
+    return team.gather_rows(local, feeder.n_samples)
+
+
+def _principal_axes(embed, feeder, dim, team=SOLO):
     """Mean and top ``dim`` principal axes of the embedded samples, in one streamed pass
-    of float64 sums (the axes of the covariance; exact, no RNG)."""
+    of float64 sums (the axes of the covariance; exact, no RNG), summed over the
+    processes of ``team``."""
     count, total, outer = 0, 0.0, 0.0
     for batch in feeder.sequential():
         x = embed(batch).to(torch.float64)
         count, total, outer = count + x.shape[0], total + x.sum(0), outer + x.T @ x
+    if team.world > 1:
+        count = int(team.sum_(torch.tensor([count], dtype=torch.int64))[0])
+        total, outer = team.sum_(total), team.sum_(outer)
     mean = total / count
     cov = (outer - count * torch.outer(mean, mean)) / max(1, count - 1)
     _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
     return mean.float(), vecs[:, -dim:].float()
 
 
-def nearest_neighbors(points, n_neighbors, batch_size=2048, max_dim=MAX_DIM, method="auto"):
+def nearest_neighbors(points, n_neighbors, batch_size=2048, max_dim=MAX_DIM, method="auto",
+                      rows=None):
     """Indices of each point's ``n_neighbors`` nearest other points (Euclidean).
 
     Parameters
@@ -141,10 +171,13 @@ def nearest_neighbors(points, n_neighbors, batch_size=2048, max_dim=MAX_DIM, met
         approximate HNSW index (faiss-cpu, the ``faiss`` extra), growing like N log N.
         "auto" is exact up to 100,000 points and faiss beyond (exact, with a warning,
         when faiss is not installed).
+    rows : tuple of int, default=None
+        ``(start, stop)``: search the neighbours of these points only (a process's shard),
+        among all points; None: of every point.
 
     Returns
     -------
-    indices : torch.Tensor of shape (n_samples, n_neighbors), int64
+    indices : torch.Tensor of shape (stop - start, n_neighbors), int64
         On the device of ``points``; a point is never its own neighbour.
 
     Examples
@@ -161,17 +194,18 @@ def nearest_neighbors(points, n_neighbors, batch_size=2048, max_dim=MAX_DIM, met
                          f"{n_neighbors}.")
     if x.shape[1] > max_dim:
         x = _project(x, max_dim)
+    first, last = (0, n) if rows is None else rows
     if _choose_method(method, n) == "faiss":
-        return _faiss_neighbors(x, n_neighbors).to(points.device)
+        return _faiss_neighbors(x, n_neighbors, first, last).to(points.device)
     sq = (x * x).sum(1)
-    out = torch.empty((n, n_neighbors), dtype=torch.int64, device=x.device)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
+    out = torch.empty((last - first, n_neighbors), dtype=torch.int64, device=x.device)
+    for start in range(first, last, batch_size):
+        stop = min(start + batch_size, last)
         # |a-b|^2 = |a|^2 - 2 a.b + |b|^2; |a|^2 is constant per row, so it can be left out.
         d = sq[None, :] - 2.0 * (x[start:stop] @ x.T)
-        rows = torch.arange(stop - start, device=x.device)
-        d[rows, rows + start] = float("inf")
-        out[start:stop] = d.topk(n_neighbors, dim=1, largest=False).indices
+        block = torch.arange(stop - start, device=x.device)
+        d[block, block + start] = float("inf")
+        out[start - first:stop - first] = d.topk(n_neighbors, dim=1, largest=False).indices
     return out
 
 
@@ -191,9 +225,10 @@ def _choose_method(method, n):
     return "faiss"
 
 
-def _faiss_neighbors(x, n_neighbors):
-    """Approximate k-NN with a faiss HNSW index, built on one thread so that the graph,
-    and with it the fit, is reproducible (a parallel build depends on thread timing)."""
+def _faiss_neighbors(x, n_neighbors, start, stop):
+    """Approximate k-NN of the points ``[start, stop)`` among all, with a faiss HNSW index
+    of all points built on one thread, so that the graph, and with it the fit, is
+    reproducible (a parallel build depends on thread timing)."""
     import faiss
 
     data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -206,14 +241,15 @@ def _faiss_neighbors(x, n_neighbors):
     finally:
         faiss.omp_set_num_threads(threads)
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, n_neighbors + 1)
-    _, found = index.search(data, n_neighbors + 1)
-    return torch.from_numpy(_drop_self(found, n_neighbors))
+    _, found = index.search(data[start:stop], n_neighbors + 1)
+    return torch.from_numpy(_drop_self(found, n_neighbors, start))
 
 
-def _drop_self(found, n_neighbors):
-    """Each row's neighbours without the point itself (or its last one, when the search
-    did not return the point, as may happen with exact duplicates)."""
-    own = found == np.arange(found.shape[0])[:, None]
+def _drop_self(found, n_neighbors, first=0):
+    """Each row's neighbours without the point itself (row ``i`` is point ``first + i``),
+    or without its last one when the search did not return the point, as may happen with
+    exact duplicates."""
+    own = found == np.arange(first, first + found.shape[0])[:, None]
     own[~own.any(1), -1] = True
     return found[~own].reshape(found.shape[0], n_neighbors).astype(np.int64)
 
@@ -239,10 +275,16 @@ class NeighborGraph:
         self.indices = indices
 
     @classmethod
-    def build(cls, feeder, features, n_neighbors):
+    def build(cls, feeder, features, n_neighbors, team=SOLO):
         """The graph of the feeder's samples in the space ``features`` (see
-        :func:`neighbor_points`), on the feeder's index device."""
-        return cls(nearest_neighbors(neighbor_points(feeder, features), n_neighbors))
+        :func:`neighbor_points`), on the feeder's index device; with several processes in
+        ``team``, each searches the neighbours of its shard and the results are gathered."""
+        points = neighbor_points(feeder, features, team=team)
+        if team.world == 1:
+            return cls(nearest_neighbors(points, n_neighbors))
+        start, stop = team.shard(feeder.n_samples)
+        local = nearest_neighbors(points, n_neighbors, rows=(start, stop))
+        return cls(team.gather_rows(local, feeder.n_samples))
 
     def views(self, idx, prob, generator):
         """Training inputs for the samples ``idx``: each a random neighbour with

@@ -54,6 +54,17 @@ def embed(backbone, feeder, width, out=None):
                       out=out, device=feeder.device)
 
 
+def embed_shared(backbone, feeder, width, team, out=None):
+    """:func:`embed` of every sample, each process of ``team`` embedding its own shard of
+    the rows (the shards are then all-gathered). A sample's output is the same whichever
+    shard it is in: every batch is padded to the same size."""
+    if team.world == 1:
+        return embed(backbone, feeder, width, out=out)
+    start, stop = team.shard(feeder.n_samples)
+    local = embed(backbone, feeder.rows(start, stop), width)
+    return team.gather_rows(local, feeder.n_samples, out=out)
+
+
 def represent(backbone, feeder, width):
     """The representation :meth:`SelfLabelClusterer.transform` returns: the backbone's
     ``represent(x)`` when it defines one, else its output."""
@@ -73,7 +84,12 @@ def head_batches(head, features):
 def head_labels(backbone, head, feeder, width):
     """The argmax of one head for every sample, batch by batch: memory for the labels only
     (no ``(n_samples, n_clusters)`` logits), the same labels as ``head_logits(...).argmax(1)``."""
-    features = embed(backbone, feeder, width)
+    return labels_from_features(head, embed(backbone, feeder, width))
+
+
+def labels_from_features(head, features):
+    """The argmax of one head for backbone ``features``, in padded batches (see
+    :func:`head_labels`)."""
     labels = torch.empty(features.shape[0], dtype=torch.int64, device=features.device)
     for start, logits in head_batches(head, features):
         labels[start:start + logits.shape[0]] = logits.argmax(1)

@@ -5,6 +5,11 @@ half-way through an optimiser step); it sets a flag. The trainer checks the flag
 every batch, and the slow parts of a self-label step check it too, through
 :func:`check_interrupt`: between inference batches, diffusion steps, heads and solver
 iterations. A second Ctrl-C raises at once.
+
+Under data-parallel training the processes must stop at the same batch (a process that
+stopped alone would leave the others waiting in a collective), so the flag is *deferred*:
+:func:`check_interrupt` never raises, and the trainer stops when, after a batch, any
+process's flag is set (:func:`interrupt_requested`, agreed through the team).
 """
 from contextvars import ContextVar
 import signal
@@ -17,11 +22,13 @@ class InterruptFlag:
     """Turns the first Ctrl-C into a flag for the length of the ``with`` block.
 
     Only the main thread can install signal handlers; elsewhere a KeyboardInterrupt is
-    caught where it lands instead.
+    caught where it lands instead. ``deferred=True``: :func:`check_interrupt` does not
+    raise (the caller reads :func:`interrupt_requested` at points all processes reach).
     """
 
-    def __init__(self):
+    def __init__(self, deferred=False):
         self.requested = False
+        self.deferred = deferred
         self._previous = None
         self._token = None
 
@@ -46,8 +53,15 @@ class InterruptFlag:
         return False
 
 
-def check_interrupt():
-    """Raise KeyboardInterrupt if a Ctrl-C arrived during the current fit (cheap)."""
+def interrupt_requested():
+    """Whether a Ctrl-C arrived during the current fit."""
     flag = _current.get()
-    if flag is not None and flag.requested:
+    return flag is not None and flag.requested
+
+
+def check_interrupt():
+    """Raise KeyboardInterrupt if a Ctrl-C arrived during the current fit (cheap), unless
+    the flag is deferred."""
+    flag = _current.get()
+    if flag is not None and flag.requested and not flag.deferred:
         raise KeyboardInterrupt

@@ -11,7 +11,13 @@ min(n_clusters, width)``; walking 3,000-way probabilities would cost 25 times mo
 128 features, for every head. Everything stays on the training device: features and one
 head's logits live in buffers the labeller owns and reuses from one step to the next, and
 the new labels are written into the label tensor in place, without a trip through host
-memory.
+memory, once every head has its labels (a Ctrl-C half-way leaves the labels as they were).
+
+In a data-parallel fit each process embeds its shard of the rows and the features are
+all-gathered (``N x width`` floats in every process); the heads are then shared out, head
+``h`` self-labelled by process ``h mod P`` on all rows, exactly as one process would, and
+its labels broadcast. Every process ends with the same labels; the memory of the step per
+process is that of a one-process fit (one head's ``N x K`` logits at a time).
 """
 import warnings
 
@@ -19,7 +25,8 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from ._inference import embed
+from ._distributed import SOLO
+from ._inference import embed_shared
 from ._interrupt import check_interrupt
 
 # Early self-label steps, made by a network that has learned little, may give clusters
@@ -52,14 +59,18 @@ class NonFiniteOutput(FloatingPointError):
 
 
 def _check_finite(values, part):
+    n_bad = _count_non_finite(values)
+    if n_bad:
+        raise NonFiniteOutput(part, n_bad, values.numel())
+
+
+def _count_non_finite(values):
     # A sum is finite when every value is (and is 40 times faster than isfinite on 180
     # million logits); only an infinite sum needs the element-wise count, which also clears
     # finite values so large that their sum overflowed.
     if torch.isfinite(values.sum()):
-        return
-    n_bad = int((~torch.isfinite(values)).sum())
-    if n_bad:
-        raise NonFiniteOutput(part, n_bad, values.numel())
+        return 0
+    return int((~torch.isfinite(values)).sum())
 
 
 class _Buffers:
@@ -95,12 +106,15 @@ class SelfLabeller:
         Neighbour graph for diffusion.
     diffusion_steps : int
         Diffusion steps before each solve (0: none).
+    team : skselflabel._distributed.Team, default=one process
+        The processes of a data-parallel fit, which share the embedding and the heads.
     """
 
-    def __init__(self, assigner, graph, diffusion_steps):
+    def __init__(self, assigner, graph, diffusion_steps, team=SOLO):
         self.assigner = assigner
         self.graph = graph
         self.diffusion_steps = diffusion_steps if graph is not None else 0
+        self.team = team
         self.buffers = _Buffers()
         # Largest marginal error over the heads of the latest step (a host float: no sync).
         self.last_error = float("nan")
@@ -116,39 +130,72 @@ class SelfLabeller:
         backbone.eval()
         heads.eval()
         n, device = feeder.n_samples, feeder.device
-        features = embed(backbone, feeder, width, out=self.buffers.features(n, width, device))
+        features = embed_shared(backbone, feeder, width, self.team,
+                                out=self.buffers.features(n, width, device))
         _check_finite(features, "backbone")
         on_features = self.diffusion_steps > 0 and max(h.out_features for h in heads) > width
         if on_features:
             scratch = self.buffers.matrix("scratch", n, width, device)
             self.graph.walk_(features, self.diffusion_steps, scratch)
-        changed = torch.zeros((), dtype=torch.float64, device=device)
-        self.last_error = 0.0
-        for h, head in enumerate(heads):
+        new = torch.empty_like(labels)
+        # Per head: marginal error, non-finite logits, logits (each from the head's process).
+        report = torch.zeros((len(heads), 3), dtype=torch.float64)
+        for h in range(self.team.rank, len(heads), self.team.world):
             check_interrupt()
             if events is not None:
                 events.relabel(h, len(heads))
-            logits = self.buffers.matrix("logits", n, head.out_features, device)
-            torch.addmm(head.bias, features, head.weight.T, out=logits)
-            _check_finite(logits, f"head {h}")
-            if self.diffusion_steps > 0 and not on_features:
-                scratch = self.buffers.matrix("scratch", n, head.out_features, device)
-                self.graph.diffuse_(logits, self.diffusion_steps, scratch)
-            with warnings.catch_warnings():
-                # A step that stops short of tol still gives sized labels; its error is
-                # reported in history_ (label_error) instead of a warning per step.
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                result = self.assigner.assign_tensor(
-                    logits, uniform=h > 0, copy=False, previous_prior=self.proportions
-                    if h == 0 else None,
-                    min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
-            if h == 0 and getattr(result, "prior", None) is not None:
-                self.proportions = result.prior
-            new = result.labels
-            self.last_error = max(self.last_error, float(getattr(result, "marginal_error", 0)))
-            changed += (new != labels[h]).float().mean().double()
-            labels[h] = new
+            report[h] = self._assign(heads[h], h, features, on_features, progress, new[h])
+        self._share(new, report, heads[0].out_features)
+        self.last_error = max(0.0, float(report[:, 0].max()))
+        changed = torch.zeros((), dtype=torch.float64, device=device)
+        for h in range(len(heads)):
+            changed += (new[h] != labels[h]).float().mean().double()
+        labels.copy_(new)
         return changed / len(heads)
+
+    def _assign(self, head, h, features, on_features, progress, out):
+        """Labels of head ``h`` into ``out``; returns its marginal error, its non-finite
+        logits and its logits (the solve is skipped when some are not finite)."""
+        n, device = features.shape[0], features.device
+        logits = self.buffers.matrix("logits", n, head.out_features, device)
+        torch.addmm(head.bias, features, head.weight.T, out=logits)
+        n_bad = _count_non_finite(logits)
+        if n_bad:
+            return torch.tensor([0.0, n_bad, logits.numel()], dtype=torch.float64)
+        if self.diffusion_steps > 0 and not on_features:
+            scratch = self.buffers.matrix("scratch", n, head.out_features, device)
+            self.graph.diffuse_(logits, self.diffusion_steps, scratch)
+        with warnings.catch_warnings():
+            # A step that stops short of tol still gives sized labels; its error is
+            # reported in history_ (label_error) instead of a warning per step.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = self.assigner.assign_tensor(
+                logits, uniform=h > 0, copy=False, previous_prior=self.proportions
+                if h == 0 else None,
+                min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
+        if h == 0 and getattr(result, "prior", None) is not None:
+            self.proportions = result.prior
+        out.copy_(result.labels)
+        error = float(getattr(result, "marginal_error", 0))
+        return torch.tensor([error, 0.0, logits.numel()], dtype=torch.float64)
+
+    def _share(self, new, report, n_clusters):
+        """Every head's labels and report, and the first head's proportions, in every
+        process (each head came from one), or the same NonFiniteOutput in all of them."""
+        self.team.sum_(report)
+        bad = torch.nonzero(report[:, 1]).flatten()
+        if len(bad):
+            h = int(bad[0])
+            raise NonFiniteOutput(f"head {h}", int(report[h, 1]), int(report[h, 2]))
+        for h in range(new.shape[0]):
+            self.team.broadcast_(new[h], src=h % self.team.world)
+        # The first head is the leader's: its proportions (prior="auto") go to the others.
+        if self.team.world > 1 and self.team.any(self.team.leader and
+                                                 self.proportions is not None):
+            proportions = (torch.as_tensor(self.proportions, dtype=torch.float64)
+                           if self.team.leader else torch.empty(n_clusters,
+                                                                dtype=torch.float64))
+            self.proportions = self.team.broadcast_(proportions.to(new.device).clone())
 
     def sizes(self, n_clusters):
         """The proportions of the first head's last solve (equal if none was reported)."""

@@ -18,7 +18,9 @@ from ._assigner import SinkhornAssigner
 from ._backbones import build_network
 from ._descriptors import gradient_histograms
 from ._events import empty_history
-from ._inference import embed, head_batches, head_labels, head_logits
+from ._distributed import SOLO
+from ._inference import (embed, embed_shared, head_batches, head_labels, head_logits,
+                         labels_from_features)
 from ._inputs import InputScaling, inference_device
 from ._labelling import NonFiniteOutput
 from ._memory import fit_phases, require, score_phases
@@ -141,9 +143,14 @@ def first_head_logits(model, feeder):
     return head_logits(model["backbone_"], model["heads_"][0], feeder, model["_head_width"])
 
 
-def first_head_labels(model, feeder):
-    """Labels of the first head (``predict``) for the feeder's samples."""
-    return head_labels(model["backbone_"], model["heads_"][0], feeder, model["_head_width"])
+def first_head_labels(model, feeder, team=SOLO):
+    """Labels of the first head (``predict``) for the feeder's samples; with several
+    processes in ``team``, each embeds its shard (every process gets every label)."""
+    if team.world == 1:
+        return head_labels(model["backbone_"], model["heads_"][0], feeder,
+                           model["_head_width"])
+    features = embed_shared(model["backbone_"], feeder, model["_head_width"], team)
+    return labels_from_features(model["heads_"][0], features)
 
 
 def balanced_log_likelihood(model, feeder, assigner):

@@ -156,11 +156,35 @@ class Feeder:
             return (self.scaling.apply(b.to(self.device)) for b in self.source.loader(lists))
         return (self.take(b) for b in index_batches)
 
-    def sequential(self, batch_size=READ_ROWS):
-        """All samples in order, ``batch_size`` at a time (the last batch may be shorter)."""
+    def sequential(self, batch_size=READ_ROWS, start=0, stop=None):
+        """The samples ``[start, stop)`` (all by default) in order, ``batch_size`` at a
+        time (the last batch may be shorter)."""
+        stop = self.n_samples if stop is None else stop
         if isinstance(self.source, DatasetSource):
-            starts = range(0, self.n_samples, batch_size)
-            return self.batches([torch.arange(s, min(s + batch_size, self.n_samples))
-                                 for s in starts])
-        return (self.take(slice(s, s + batch_size)) for s in range(0, self.n_samples,
-                                                                   batch_size))
+            return self.batches([torch.arange(s, min(s + batch_size, stop))
+                                 for s in range(start, stop, batch_size)])
+        return (self.take(slice(s, min(s + batch_size, stop)))
+                for s in range(start, stop, batch_size))
+
+    def rows(self, start, stop):
+        """The samples ``[start, stop)`` as a feeder of their own (a process's shard)."""
+        return FeederRows(self, start, stop)
+
+
+class FeederRows:
+    """The samples ``[start, stop)`` of a :class:`Feeder`, read in order: what sequential
+    passes (embedding, the neighbour space) need of a feeder."""
+
+    def __init__(self, feeder, start, stop):
+        self.feeder, self.start, self.stop = feeder, start, stop
+        self.n_samples = stop - start
+        self.device, self.index_device = feeder.device, feeder.index_device
+
+    def take(self, index):
+        """The samples of the slice ``index`` of these rows."""
+        first, last, _ = index.indices(self.n_samples)
+        return self.feeder.take(slice(self.start + first, self.start + last))
+
+    def sequential(self, batch_size=READ_ROWS):
+        """These samples in order, ``batch_size`` at a time."""
+        return self.feeder.sequential(batch_size, self.start, self.stop)

@@ -5,17 +5,32 @@ steps on SeLa's schedule in between.
 handling; it trains the modules it is given in place and reports what happens through an
 :class:`~skselflabel._events.EventStream`. A Ctrl-C ends training after the current batch
 and leaves the modules as trained so far (:class:`TrainOutcome` says where it stopped).
+
+In a data-parallel fit (a :class:`~skselflabel._distributed.Team` of several processes)
+every process draws the same order and neighbour views from identically seeded
+generators and trains on its share of each batch, through ``DistributedDataParallel``,
+with BatchNorm statistics of the whole batch (:mod:`skselflabel._shared_norm`); epoch
+totals, a listener's request to stop and a Ctrl-C are agreed by all processes.
+
+The trainer's position (epoch, batch, step, generator states, optimiser and schedule) is
+what a checkpoint keeps (:meth:`Trainer.state`) and a resumed fit restores
+(:meth:`Trainer.restore`); it writes one at the end of every epoch, after a self-label
+step when the checkpoints ask for it, and on Ctrl-C.
 """
 from dataclasses import dataclass
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ._distributed import SOLO
 from ._events import EpochRecord
-from ._interrupt import InterruptFlag, check_interrupt
+from ._interrupt import InterruptFlag, interrupt_requested
 from ._schedule import label_update_steps
+from ._shared_norm import shared_batch_norm
 
 
 def make_optimizer(name, modules, lr, momentum, weight_decay):
@@ -35,6 +50,19 @@ def cosine_schedule(optimizer, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
+class Network(nn.Module):
+    """The backbone and its heads as one module (what DistributedDataParallel wraps):
+    returns the logits of every head."""
+
+    def __init__(self, backbone, heads):
+        super().__init__()
+        self.backbone, self.heads = backbone, heads
+
+    def forward(self, x):
+        features = self.backbone(x)
+        return [head(features) for head in self.heads]
 
 
 @dataclass
@@ -65,32 +93,44 @@ class Trainer:
         Source of neighbour views.
     generators : tuple of torch.Generator
         Sources of the random choices of training: the order of samples and their
-        neighbour views (on the index device of the data), and augmentation (on the
-        training device).
+        neighbour views (on the index device of the data; seeded alike in every process),
+        and augmentation (on the training device; one per process).
     events : EventStream
         Where progress is reported.
     first_epoch : int, default=1
         Number of the first epoch in the history (warm starts continue the count).
+    team : skselflabel._distributed.Team, default=one process
+        The processes that share the batches.
+    checkpoints : object with ``save(trainer)`` and ``due()``, default=None
+        Where the trainer's state goes at the end of each epoch, after a self-label step
+        when ``due()`` says so, and on Ctrl-C.
     """
 
     def __init__(self, backbone, heads, width, config, optimizer, labeller, graph,
-                 generators, events, first_epoch=1):
+                 generators, events, first_epoch=1, team=SOLO, checkpoints=None):
         self.backbone, self.heads, self.width = backbone, heads, width
         self.config, self.optimizer, self.labeller = config, optimizer, labeller
         self.graph, self.events = graph, events
         self.view_generator, self.augment_generator = generators
-        self.first_epoch = first_epoch
+        self.first_epoch, self.team, self.checkpoints = first_epoch, team, checkpoints
+        self.network = team.wrap(Network(backbone, heads))
         self.scheduler = cosine_schedule(optimizer, config.total_steps)
         self.update_at = set(label_update_steps(config.n_label_updates,
                                                 config.total_steps).tolist())
-        self.step = self.batch = self.epoch = 0
+        self.step = self.batch = self.epoch = self.epoch_steps = 0
+        self.labels_step = -1           # the step of the latest self-label step
+        self.finished = self.stop_agreed = False
         self.label_change = torch.tensor(float("nan"), dtype=torch.float64)
-        self.loss_sum, self.epoch_steps, self.epoch_start = None, 0, 0.0
+        self.loss_sum, self.epoch_start, self.labels = None, 0.0, None
+        self.view_state = self.resume_at = None
 
     def _relabel(self, feeder, labels, final=False):
+        # Eval-mode BatchNorm uses running statistics: the same in every process.
+        self.team.sync_buffers_(self.network)
         self.label_change = self.labeller.relabel_(
             self.backbone, self.heads, self.width, feeder, labels, self.events,
             progress=1.0 if final else self.step / self.config.total_steps)
+        self.labels_step = self.step
         if final:
             self.events.label_update(float(self.label_change), self.labeller.last_error,
                                      final=True)
@@ -99,21 +139,23 @@ class Trainer:
         """Train on the samples of ``feeder`` with the self-labels ``labels`` (updated in
         place)."""
         cfg = self.config
-        interrupted, status = None, "failed"
+        interrupted, status, self.labels = None, "failed", labels
         self.events.fit_begin(cfg.max_epochs, cfg.steps_per_epoch)
         try:
-            with InterruptFlag():
-                for self.epoch in range(1, cfg.max_epochs + 1):
-                    self._start_epoch(feeder.device)
-                    for _ in self._batches(feeder, labels):
-                        check_interrupt()
-                    if self._end_epoch():
-                        break
+            with (InterruptFlag(deferred=self.team.world > 1), warnings.catch_warnings(),
+                  shared_batch_norm(self.network, self.team)):
+                # DDP warns when a gradient's strides differ from its bucket's in a size-1
+                # dimension only (1-channel convolutions on the CPU): the same memory.
+                warnings.filterwarnings("ignore", message="Grad strides do not match")
+                self._train(feeder, labels)
                 # A last self-label step so that the self-labels match the final network.
                 self._relabel(feeder, labels, final=True)
             status = "done"
         except KeyboardInterrupt:
+            if not self.stop_agreed and self.team.world > 1:
+                raise     # a second Ctrl-C in one process: no agreed place to stop at
             interrupted, status = (self.epoch, self.batch, cfg.steps_per_epoch), "interrupted"
+            self._save()                    # before the partial epoch is closed
             if self.loss_sum is not None:
                 self._end_epoch()           # the partial epoch: history_ matches n_iter_
         finally:
@@ -122,43 +164,80 @@ class Trainer:
             self.events.fit_end(status)
         return TrainOutcome(epochs=self.epoch, interrupted=interrupted)
 
+    def _train(self, feeder, labels):
+        """The epochs, from the first (or where a checkpoint left off) to the last."""
+        cfg = self.config
+        if self.finished:           # resumed after the last epoch: only the final step is left
+            return
+        first = 1 if self.resume_at is None else self.resume_at["epoch"]
+        for self.epoch in range(first, cfg.max_epochs + 1):
+            self._start_epoch(feeder.device)
+            for _ in self._batches(feeder, labels):
+                if self.team.any(interrupt_requested()):
+                    self.stop_agreed = True
+                    raise KeyboardInterrupt
+            stop = self._end_epoch()
+            self.finished = stop or self.epoch == cfg.max_epochs
+            self._save()
+            if stop:
+                break
+
+    def _save(self):
+        if self.checkpoints is not None:
+            self.checkpoints.save(self)
+
     def _start_epoch(self, device):
-        self.epoch_start = time.perf_counter()
-        self.loss_sum, self.epoch_steps = torch.zeros((), device=device), 0
+        self.view_state = self.view_generator.get_state()
+        self.loss_sum, self.epoch_steps, elapsed = torch.zeros((), device=device), 0, 0.0
+        if self.resume_at is not None:      # an epoch a checkpoint left open
+            resume, self.resume_at = self.resume_at, None
+            self.loss_sum += resume["loss_sum"].to(device)
+            self.epoch_steps, elapsed = resume["epoch_steps"], resume["seconds"]
+        self.epoch_start = time.perf_counter() - elapsed
         self.events.epoch_begin(self.epoch)
 
     def _end_epoch(self):
-        """Report the epoch (one host sync); returns whether a listener asks to stop."""
-        loss = self.loss_sum.item() / self.epoch_steps if self.epoch_steps else float("nan")
+        """Report the epoch (one host sync; with several processes, their totals); returns
+        whether a listener asks to stop."""
+        totals = self.team.sum_(torch.tensor([self.loss_sum.item(), self.epoch_steps],
+                                             dtype=torch.float64))
+        seconds = self.team.max_(torch.tensor([time.perf_counter() - self.epoch_start],
+                                              dtype=torch.float64))
+        steps = int(totals[1])
+        loss = float(totals[0]) / steps if steps else float("nan")
         record = EpochRecord(self.first_epoch + self.epoch - 1, loss,
                              float(self.label_change), self.labeller.last_error,
-                             time.perf_counter() - self.epoch_start)
+                             float(seconds[0]))
         self.loss_sum = None
-        return self.events.epoch_end(record)
+        return self.team.any(self.events.epoch_end(record))
 
     def _epoch_indices(self, device):
         """The samples of each batch of an epoch, and the inputs that stand for them
-        (neighbour views), drawn before the epoch so that a DataLoader can prefetch."""
+        (neighbour views), drawn before the epoch so that a DataLoader can prefetch; with
+        several processes, this process's share of each batch."""
         cfg, gen = self.config, self.view_generator
         order = torch.randperm(cfg.n_samples, generator=gen, device=device)
         targets = [order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                    for b in range(cfg.steps_per_epoch)]
-        if self.graph is None:
-            return targets, targets
-        return targets, [self.graph.views(idx, cfg.neighbor_prob, gen) for idx in targets]
+        inputs = (targets if self.graph is None else
+                  [self.graph.views(idx, cfg.neighbor_prob, gen) for idx in targets])
+        return [self.team.share(t) for t in targets], [self.team.share(t) for t in inputs]
 
     def _batches(self, feeder, labels):
-        """One epoch of gradient steps; yields the batch number after each step."""
+        """One epoch of gradient steps (those a resumed epoch has left); yields the batch
+        number after each step."""
         cfg = self.config
-        self.backbone.train()
-        self.heads.train()
+        self.network.train()
         targets, inputs = self._epoch_indices(feeder.index_device)
-        for batch, (idx, xb) in enumerate(zip(targets, feeder.batches(inputs)), 1):
+        done = self.epoch_steps
+        batches = zip(targets[done:], feeder.batches(inputs[done:]))
+        for batch, (idx, xb) in enumerate(batches, done + 1):
             self.batch = batch
-            if self.step in self.update_at:
+            if self.step in self.update_at and self.step != self.labels_step:
                 self._relabel(feeder, labels)
-                self.backbone.train()
-                self.heads.train()
+                if self.checkpoints is not None and self.checkpoints.due():
+                    self._save()
+                self.network.train()
             if cfg.augment is not None:
                 xb = cfg.augment(xb, self.augment_generator)
             self.loss_sum += self._step(xb, labels[:, idx.to(labels.device)])
@@ -169,9 +248,8 @@ class Trainer:
 
     def _step(self, xb, targets):
         """One gradient step on a batch; returns its (detached) loss."""
-        features = self.backbone(xb)
-        losses = [F.cross_entropy(head(features), targets[h])
-                  for h, head in enumerate(self.heads)]
+        losses = [F.cross_entropy(logits, targets[h])
+                  for h, logits in enumerate(self.network(xb))]
         # One head (the default) needs no extra add/divide kernels per step.
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -179,3 +257,39 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
+
+    def state(self):
+        """What a checkpoint keeps of the training, as tensors and plain values: the
+        position (a clean epoch boundary, or the batches done of an open epoch), the
+        optimiser and schedule, and the generator states that make the rest of the run
+        (the view generator's as of the start of the open epoch, which redraws the epoch's
+        batches). ``augment_generator`` and ``loss_sum`` are this process's own."""
+        is_open = self.loss_sum is not None
+        return {
+            "epoch": self.epoch if is_open else self.epoch + 1,
+            "epoch_steps": self.epoch_steps if is_open else 0,
+            "seconds": time.perf_counter() - self.epoch_start if is_open else 0.0,
+            "loss_sum": (self.loss_sum if is_open else torch.zeros(())).detach().cpu(),
+            "step": self.step, "labels_step": self.labels_step, "finished": self.finished,
+            "label_change": float(self.label_change), "label_error": self.labeller.last_error,
+            # The first head's proportions (prior="auto" starts each estimate from them).
+            "proportions": (None if getattr(self.labeller, "proportions", None) is None
+                            else torch.as_tensor(self.labeller.proportions).cpu()),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "view_generator": self.view_state if is_open else self.view_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+        }
+
+    def restore(self, state):
+        """Continue from :meth:`state` (this process's parts picked out)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.view_generator.set_state(state["view_generator"])
+        self.augment_generator.set_state(state["augment_generator"])
+        self.step, self.labels_step = state["step"], state["labels_step"]
+        self.finished, self.epoch = state["finished"], state["epoch"] - 1
+        self.label_change = torch.tensor(state["label_change"], dtype=torch.float64)
+        self.labeller.last_error = state["label_error"]
+        self.labeller.proportions = state["proportions"]
+        self.resume_at = {name: state[name] for name in ("epoch", "epoch_steps", "seconds",
+                                                         "loss_sum")}

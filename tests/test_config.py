@@ -60,3 +60,13 @@ def test_label_updates_are_at_most_three_per_epoch():
     assert resolve_config(_params(max_epochs=1), 60000, (64,)).n_label_updates == 3
     assert resolve_config(_params(max_epochs=4), 1797, (64,)).n_label_updates == 12
     assert resolve_config(_params(max_epochs=40), 1797, (64,)).n_label_updates == 100
+
+
+def test_processes_share_each_batch_and_each_needs_two_samples():
+    # The trailing batch must give every process two samples, or it is dropped.
+    assert n_batches(37, 16, n_processes=2) == 3 and n_batches(35, 16, n_processes=2) == 2
+    assert n_batches(33, 16, n_processes=1) == 2
+    config = resolve_config(_params(batch_size=8), 100, (4,), n_processes=4)
+    assert config.batch_size == 8 and config.steps_per_epoch == 12    # 4 left: 1 each
+    with pytest.raises(ValueError, match="shared by 4 processes.*at least 8"):
+        resolve_config(_params(batch_size=6), 100, (4,), n_processes=4)

@@ -116,3 +116,15 @@ def test_probability_diffusion_is_the_walk_of_the_softmax():
     out = logits.clone()
     graph.diffuse_(out, 3, torch.empty_like(out), chunk_elements=7 * 5 * 3)
     torch.testing.assert_close(out, p.clamp_min(1e-8).log(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_a_process_searches_the_neighbours_of_its_rows_among_all(method):
+    if method == "faiss":
+        pytest.importorskip("faiss", reason="faiss (the 'faiss' extra) is not installed")
+    points = torch.randn(300, 6, generator=_gen())
+    whole = nearest_neighbors(points, 5, batch_size=64, method=method)
+    parts = [nearest_neighbors(points, 5, batch_size=64, method=method, rows=rows)
+             for rows in [(0, 101), (101, 300)]]
+    assert torch.equal(torch.cat(parts), whole)
+    assert not (parts[1] == torch.arange(101, 300)[:, None]).any()

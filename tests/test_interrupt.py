@@ -56,3 +56,15 @@ def test_ctrl_c_in_a_large_self_label_step_stops_fit_within_seconds():
     assert stopped < 1.0 + 5.0, f"fit took {stopped:.1f} s after the Ctrl-C"
     assert len(est.history_) == est.n_iter_ == 1       # the partial epoch is recorded
     assert est.labels_.shape == (20_000,)
+
+
+def test_a_deferred_flag_is_read_not_raised():
+    # Data-parallel fits agree on where to stop: check_interrupt must not raise in one
+    # process while the others wait for it in a collective.
+    from skselflabel._interrupt import interrupt_requested
+    assert not interrupt_requested()
+    with InterruptFlag(deferred=True) as flag:
+        flag.requested = True
+        check_interrupt()
+        assert interrupt_requested()
+    assert not interrupt_requested()

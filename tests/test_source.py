@@ -7,6 +7,7 @@ from torch.utils.data import Dataset, TensorDataset
 from skselflabel import SelfLabelClusterer
 from skselflabel._inputs import InputScaling
 from skselflabel._source import READ_ROWS, ArraySource, DatasetSource, Feeder
+from feeding import feeder_of
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,18 @@ def test_dataset_errors():
         SelfLabelClusterer(n_clusters=2).fit(TensorDataset(torch.zeros(1, 3)))
     with pytest.raises(ValueError, match="items must be vectors"):
         SelfLabelClusterer(n_clusters=2).fit(TensorDataset(torch.zeros(4, 2, 2, 2, 2)))
+
+
+def test_a_feeder_reads_a_range_of_rows_as_a_feeder_of_its_own():
+    X = np.arange(40, dtype=np.float32).reshape(10, 4)
+    feeder = feeder_of(X)
+    part = feeder.rows(3, 8)
+    assert part.n_samples == 5 and part.device == feeder.device
+    torch.testing.assert_close(torch.cat(list(part.sequential(2))), torch.from_numpy(X[3:8]))
+    torch.testing.assert_close(part.take(slice(1, 3)), torch.from_numpy(X[4:6]))
+    torch.testing.assert_close(torch.cat(list(feeder.sequential(3, 2, 9))),
+                               torch.from_numpy(X[2:9]))
+    dataset = Feeder(DatasetSource(TensorDataset(torch.from_numpy(X))),
+                     InputScaling(np.float32(0.0), np.float32(1.0)), "cpu")
+    torch.testing.assert_close(torch.cat(list(dataset.rows(3, 8).sequential(2))),
+                               torch.from_numpy(X[3:8]))

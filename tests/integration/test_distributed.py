@@ -1,18 +1,25 @@
-"""sinkhorn_knopp under real torch.distributed: two processes (gloo), rows split unequally."""
+"""Data-parallel work under real torch.distributed: two processes (gloo) started by
+torchrun, one thread each. The solver's seam (sinkhorn_knopp with reduce_fn, rows split
+unequally) and the estimator's data-parallel fit."""
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from skselflabel import sinkhorn_knopp
+from skselflabel.metrics import cluster_accuracy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _distributed_worker as worker  # noqa: E402
+import _launch  # noqa: E402
 
-pytestmark = pytest.mark.slow  # integration: `make test-fast` leaves it out
+pytestmark = [pytest.mark.slow,  # integration: `make test-fast` leaves it out
+              pytest.mark.skipif(not _launch.needs_gloo[0], reason=_launch.needs_gloo[1])]
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,3 +44,21 @@ def test_two_processes_match_one(tmp_path):
     Q = np.exp(worker.LAM * z.astype(np.float64) + log_u[:, None] + parts[0]["log_v"][None])
     assert np.abs(Q.sum(1) * len(z) - 1).max() <= 1e-4
     assert np.abs(Q.sum(0) * z.shape[1] - 1).max() <= 1e-4
+
+
+def test_a_fit_in_two_processes_ends_alike_in_both_and_clusters_as_one(tmp_path):
+    # The worker also checks the team's collectives and the two-process neighbour graph.
+    two, one = tmp_path / "two", tmp_path / "one"
+    _launch.finish(_launch.start("default", two, processes=2), two)
+    ranks = _launch.results(two, processes=2)
+    for name in ("labels", "self_labels", "history", "weights", "n_iter", "cluster_sizes"):
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    assert len(ranks[0]["history"]) == 40 and np.isfinite(ranks[0]["history"]).all()
+    _launch.finish(_launch.start("default", one), one)
+    y = load_digits().target
+    acc_two = cluster_accuracy(y, ranks[0]["labels"])
+    acc_one = cluster_accuracy(y, _launch.results(one)[0]["labels"])
+    assert abs(acc_two - acc_one) <= 0.03, (acc_two, acc_one)
+    # The fitted estimator of the data-parallel fit loads and predicts in a plain process.
+    est = pickle.loads((two / "estimator.pkl").read_bytes())
+    np.testing.assert_array_equal(est.predict(load_digits().images), ranks[0]["labels"])

@@ -41,8 +41,13 @@ def site(tmp_path_factory):
 def test_docs_build_without_warnings(site):
     out = site
     # The pages the issue asks for exist and carry their content.
-    for page in ["index", "getting_started", "user_guide", "api", "benchmarks", "notebooks"]:
+    for page in ["index", "getting_started", "user_guide", "api", "benchmarks", "notebooks",
+                 "distributed"]:
         assert (out / f"{page}.html").is_file(), page
+    several = (out / "distributed.html").read_text()
+    for topic in ("One machine", "Several machines", "SLURM", "on a laptop", "torchrun"):
+        assert topic in several, topic
+    assert "distributed.html" in (out / "index.html").read_text()      # in the toctree
     api = (out / "generated" / "skselflabel.SelfLabelClusterer.html").read_text()
     assert "n_clusters" in api and "fit" in api
     assert (out / "generated" / "skselflabel.SinkhornAssigner.html").is_file()

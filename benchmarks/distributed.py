@@ -1,0 +1,153 @@
+"""Data-parallel fit: a Fashion-MNIST training epoch in 2 processes x 1 thread against
+1 process x 1 thread, measured in one run (issue 12, must-show 2: at least 1.6x faster).
+
+Each run is the same fit, ``SelfLabelClusterer(n_clusters=10, random_state=0,
+max_epochs=2, n_label_updates=1)`` on the first ``--samples`` Fashion-MNIST training
+images (uint8, as loaded), started as a fresh process (``python benchmarks/distributed.py
+--worker``) or under ``torchrun --nproc_per_node=2``, every process with
+``OMP_NUM_THREADS=1``. The one label update is at step 0, in epoch 1, and the final
+self-label step comes after epoch 2 is timed, so the second epoch of ``history_`` is a
+pure training epoch: its ``seconds`` are the measure (under torchrun the slowest process's,
+which is what the epoch took). The whole ``fit`` (input statistics, neighbour graph,
+self-label steps, final labels) is timed too. The one- and two-process runs alternate over
+``--repeats`` (the order swapped every repeat); the table shows medians, and the speed-up
+is the median of the per-repeat ratios. Each process also reports its peak resident memory.
+
+    .venv/bin/python benchmarks/distributed.py [--samples 20000] [--repeats 3] [--no-write]
+
+Writes the section "distributed" of docs/benchmarks.md (unless --no-write). Needs a machine
+with at least two free cores: other jobs on the cores distort the ratio.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_description, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve()
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0"]
+PARAMS = dict(n_clusters=10, random_state=0, max_epochs=2, n_label_updates=1)
+
+
+def worker(samples, out):
+    """One process of a run: fit, then write what it measured to ``out/rank<r>.json``."""
+    from skselflabel import SelfLabelClusterer
+    from skselflabel.datasets import load_fashion_mnist
+    from skselflabel.metrics import cluster_accuracy
+
+    torch.set_num_threads(1)
+    X, y = load_fashion_mnist(split="train", return_X_y=True)
+    X, y = X[:samples], y[:samples]
+    started = time.perf_counter()
+    est = SelfLabelClusterer(**PARAMS).fit(X)
+    fit_seconds = time.perf_counter() - started
+    rank = int(os.environ.get("RANK", "0"))
+    result = {"epoch_seconds": float(est.history_["seconds"].iloc[1]),
+              "fit_seconds": fit_seconds,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "acc": float(cluster_accuracy(y, est.labels_)),
+              "labels": est.labels_[:1000].tolist()}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def run(processes, samples):
+    """One run in fresh processes; the measures of each process."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = ([sys.executable] if processes == 1 else TORCHRUN)
+        cmd = cmd + [str(HERE), "--worker", "--samples", str(samples), "--out", out]
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{processes} process(es) failed:\n{done.stderr[-3000:]}")
+        ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(processes)]
+    if any(r["labels"] != ranks[0]["labels"] for r in ranks):
+        raise RuntimeError("the processes of a run ended with different labels")
+    return ranks
+
+
+def measure(samples, repeats):
+    """{processes: [per-repeat measures of rank 0, with the largest peak memory]}."""
+    seen = {1: [], 2: []}
+    for r in range(repeats):
+        for processes in ((1, 2) if r % 2 == 0 else (2, 1)):
+            ranks = run(processes, samples)
+            best = dict(ranks[0], peak_rss_mib=max(x["peak_rss_mib"] for x in ranks))
+            seen[processes].append(best)
+            print(f"repeat {r + 1}, {processes} process(es): epoch "
+                  f"{best['epoch_seconds']:.2f} s, fit {best['fit_seconds']:.2f} s, peak "
+                  f"{best['peak_rss_mib']:.0f} MiB per process, ACC {best['acc']:.3f}",
+                  flush=True)
+    return seen
+
+
+def report(seen, samples, repeats, loads, minutes):
+    """The markdown section."""
+    def median(p, key):
+        return statistics.median(x[key] for x in seen[p])
+
+    speedup = {key: statistics.median(a[key] / b[key] for a, b in zip(seen[1], seen[2]))
+               for key in ("epoch_seconds", "fit_seconds")}
+    rows = [f"| {p} x 1 thread | {median(p, 'epoch_seconds'):.2f} | "
+            f"{median(p, 'fit_seconds'):.2f} | {median(p, 'peak_rss_mib'):.0f} | "
+            f"{median(p, 'acc'):.3f} |" for p in (1, 2)]
+    return "\n".join([
+        "## Data-parallel fit (`benchmarks/distributed.py`)",
+        "",
+        f"Command: `.venv/bin/python benchmarks/distributed.py --samples {samples} "
+        f"--repeats {repeats}`",
+        "",
+        f"Machine: {machine_description()}, torch {torch.__version__}; 1-minute load "
+        f"average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end. The run took "
+        f"{minutes:.0f} minutes.",
+        "",
+        f"Data: the first {samples:,} Fashion-MNIST training images (uint8). Fit: "
+        "`SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=2, "
+        "n_label_updates=1)`, started in a fresh process or by `torchrun "
+        "--nproc_per_node=2`, `OMP_NUM_THREADS=1`. Training epoch: the second epoch's "
+        "`history_` seconds (no self-label step in it). Medians over "
+        f"{repeats} alternating repeats; peak memory: the largest peak resident set of the "
+        "run's processes.",
+        "",
+        "| processes | training epoch (s) | whole fit (s) | peak memory per process (MiB) "
+        "| ACC |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Speed-up of 2 processes over 1 (median of per-repeat ratios): training epoch "
+        f"{speedup['epoch_seconds']:.2f}x, whole fit {speedup['fit_seconds']:.2f}x.",
+    ])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.samples, args.out)
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    seen = measure(args.samples, args.repeats)
+    minutes = (time.perf_counter() - started) / 60
+    text = report(seen, args.samples, args.repeats, (load_start, os.getloadavg()[0]),
+                  minutes)
+    print(text)
+    if not args.no_write:
+        print(f"wrote {write_section('distributed', text)}")
+
+
+if __name__ == "__main__":
+    main()
