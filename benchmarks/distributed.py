@@ -1,5 +1,7 @@
 """Data-parallel fit: a Fashion-MNIST training epoch in 2 processes x 1 thread against
-1 process x 1 thread, measured in one run (issue 12, must-show 2: at least 1.6x faster).
+1 process x 1 thread, measured in one run (issue 12, must-show 2: at least 1.6x faster),
+with BatchNorm over the whole batch (``sync_batch_norm=True``, the default) and over each
+process's share (``sync_batch_norm=False``).
 
 Each run is the same fit, ``SelfLabelClusterer(n_clusters=10, random_state=0,
 max_epochs=2, n_label_updates=1)`` on the first ``--samples`` Fashion-MNIST training
@@ -41,7 +43,12 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
 PARAMS = dict(n_clusters=10, random_state=0, max_epochs=2, n_label_updates=1)
 
 
-def worker(samples, out):
+# The runs: (label, processes, sync_batch_norm).
+RUNS = (("1 process", 1, True), ("2 processes", 2, True),  # one thread each
+        ("2 processes, `sync_batch_norm=False`", 2, False))
+
+
+def worker(samples, out, sync):
     """One process of a run: fit, then write what it measured to ``out/rank<r>.json``."""
     from skselflabel import SelfLabelClusterer
     from skselflabel.datasets import load_fashion_mnist
@@ -51,7 +58,7 @@ def worker(samples, out):
     X, y = load_fashion_mnist(split="train", return_X_y=True)
     X, y = X[:samples], y[:samples]
     started = time.perf_counter()
-    est = SelfLabelClusterer(**PARAMS).fit(X)
+    est = SelfLabelClusterer(**PARAMS, sync_batch_norm=sync).fit(X)
     fit_seconds = time.perf_counter() - started
     rank = int(os.environ.get("RANK", "0"))
     result = {"epoch_seconds": float(est.history_["seconds"].iloc[1]),
@@ -62,11 +69,12 @@ def worker(samples, out):
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def run(processes, samples):
+def run(processes, samples, sync):
     """One run in fresh processes; the measures of each process."""
     with tempfile.TemporaryDirectory() as out:
         cmd = ([sys.executable] if processes == 1 else TORCHRUN)
         cmd = cmd + [str(HERE), "--worker", "--samples", str(samples), "--out", out]
+        cmd += [] if sync else ["--local-batch-norm"]
         done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{processes} process(es) failed:\n{done.stderr[-3000:]}")
@@ -77,14 +85,14 @@ def run(processes, samples):
 
 
 def measure(samples, repeats):
-    """{processes: [per-repeat measures of rank 0, with the largest peak memory]}."""
-    seen = {1: [], 2: []}
+    """{run label: [per-repeat measures of rank 0, with the largest peak memory]}."""
+    seen = {label: [] for label, _, _ in RUNS}
     for r in range(repeats):
-        for processes in ((1, 2) if r % 2 == 0 else (2, 1)):
-            ranks = run(processes, samples)
+        for label, processes, sync in (RUNS if r % 2 == 0 else RUNS[::-1]):
+            ranks = run(processes, samples, sync)
             best = dict(ranks[0], peak_rss_mib=max(x["peak_rss_mib"] for x in ranks))
-            seen[processes].append(best)
-            print(f"repeat {r + 1}, {processes} process(es): epoch "
+            seen[label].append(best)
+            print(f"repeat {r + 1}, {label}: epoch "
                   f"{best['epoch_seconds']:.2f} s, fit {best['fit_seconds']:.2f} s, peak "
                   f"{best['peak_rss_mib']:.0f} MiB per process, ACC {best['acc']:.3f}",
                   flush=True)
@@ -96,11 +104,15 @@ def report(seen, samples, repeats, loads, minutes):
     def median(p, key):
         return statistics.median(x[key] for x in seen[p])
 
-    speedup = {key: statistics.median(a[key] / b[key] for a, b in zip(seen[1], seen[2]))
-               for key in ("epoch_seconds", "fit_seconds")}
-    rows = [f"| {p} x 1 thread | {median(p, 'epoch_seconds'):.2f} | "
+    one = seen[RUNS[0][0]]
+
+    def speedup(label, key):
+        return statistics.median(a[key] / b[key] for a, b in zip(one, seen[label]))
+
+    rows = [f"| {p} | {median(p, 'epoch_seconds'):.2f} | "
             f"{median(p, 'fit_seconds'):.2f} | {median(p, 'peak_rss_mib'):.0f} | "
-            f"{median(p, 'acc'):.3f} |" for p in (1, 2)]
+            f"{median(p, 'acc'):.3f} | {speedup(p, 'epoch_seconds'):.2f}x | "
+            f"{speedup(p, 'fit_seconds'):.2f}x |" for p in seen]
     return "\n".join([
         "## Data-parallel fit (`benchmarks/distributed.py`)",
         "",
@@ -119,13 +131,12 @@ def report(seen, samples, repeats, loads, minutes):
         f"{repeats} alternating repeats; peak memory: the largest peak resident set of the "
         "run's processes.",
         "",
-        "| processes | training epoch (s) | whole fit (s) | peak memory per process (MiB) "
-        "| ACC |",
-        "|---|---|---|---|---|",
+        "| run | training epoch (s) | whole fit (s) | peak memory per process (MiB) "
+        "| ACC | epoch speed-up | fit speed-up |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Speed-up of 2 processes over 1 (median of per-repeat ratios): training epoch "
-        f"{speedup['epoch_seconds']:.2f}x, whole fit {speedup['fit_seconds']:.2f}x.",
+        "Speed-ups: over one process, the median of the per-repeat ratios.",
     ])
 
 
@@ -136,9 +147,10 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--local-batch-norm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.samples, args.out)
+        return worker(args.samples, args.out, sync=not args.local_batch_norm)
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     seen = measure(args.samples, args.repeats)
     minutes = (time.perf_counter() - started) / 60

@@ -168,6 +168,14 @@ def intensity_jitter(x, generator, strength):
     return x * (1 + strength * a) + strength * b
 
 
+def draws_per_sample(augment):
+    """Whether ``augment`` draws each sample's randomness in batch order, independently of
+    the others (the built-in augmentations): then a data-parallel fit can give every row
+    the draws it would get in one process, by augmenting a batch of the whole batch's size
+    and keeping its own rows."""
+    return isinstance(augment, (ImageAugment, TableAugment))
+
+
 def resolve_augment(augment, is_image):
     """Turn the estimator's ``augment`` parameter into ``f(batch, generator) -> batch`` or None.
 

@@ -163,6 +163,16 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         file comes from the same parameters and data; otherwise it refuses it, naming
         what differs.
 
+    sync_batch_norm : bool, default=True
+        Data-parallel fits only (several processes, see the user guide's page on several
+        GPUs): True normalises every BatchNorm layer by the statistics of the whole batch,
+        as :class:`torch.nn.SyncBatchNorm` does, so the fit is the one-process fit; False
+        lets each process normalise its own share of the batch (DistributedDataParallel's
+        default), which saves two collectives per layer and step. On two CPU processes a
+        Fashion-MNIST epoch took 1.0 times as long as one process with True and half as
+        long with False (``benchmarks/distributed.py``); small shares (64 digits images
+        per process) clustered worse with False.
+
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
@@ -250,6 +260,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
         "checkpoint": [str, os.PathLike, None],
+        "sync_batch_norm": ["boolean"],
     }
 
     def __init__(self, n_clusters=10, *, n_heads=1, backbone="auto", assigner=None,
@@ -258,7 +269,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
                  diffusion_steps="auto", augment="auto", device="auto", num_workers=0,
                  n_jobs=None, random_state=None, verbose=0, warm_start=False,
-                 checkpoint=None):
+                 checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.backbone = backbone
@@ -282,6 +293,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         self.verbose = verbose
         self.warm_start = warm_start
         self.checkpoint = checkpoint
+        self.sync_batch_norm = sync_batch_norm
 
     def set_params(self, **params):
         # assigner__<name> with assigner=None first makes the default explicit (grid searches).

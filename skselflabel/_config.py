@@ -60,6 +60,7 @@ class FitConfig:
     neighbor_features: object    # "input", "gradients" or a callable
     diffusion_steps: int
     augment: object              # f(batch, generator) -> batch, or None
+    sync_batch_norm: bool = True  # data-parallel fits: BatchNorm over the whole batch
 
     @property
     def total_steps(self):
@@ -127,4 +128,5 @@ def resolve_config(params, n_samples, sample_shape, n_processes=1):
         neighbor_prob=neighbor_prob, neighbor_features=features,
         diffusion_steps=diffusion_steps,
         augment=resolve_augment(params["augment"], is_image=is_image),
+        sync_batch_norm=bool(params.get("sync_batch_norm", True)),
     )

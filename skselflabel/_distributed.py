@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 # The variables torchrun sets: with all of them and WORLD_SIZE > 1, a fit that finds no
 # process group initialises the default one itself.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# Largest CPU tensor (elements) reduced by an all-gather (see DistributedTeam._reduce).
+SMALL_REDUCE = 1 << 14
 # The gloo group for control messages beside an NCCL default group, made once per default
 # group (creating a group is itself a collective).
 _control_groups = {}
@@ -120,10 +122,24 @@ class DistributedTeam(Team):
         return tensor
 
     def sum_(self, tensor):
-        return self._route(tensor, lambda t, g: dist.all_reduce(t, group=g))
+        return self._reduce(tensor, torch.sum, dist.ReduceOp.SUM)
 
     def max_(self, tensor):
-        return self._route(tensor, lambda t, g: dist.all_reduce(t, dist.ReduceOp.MAX, group=g))
+        return self._reduce(tensor, torch.amax, dist.ReduceOp.MAX)
+
+    def _reduce(self, tensor, combine, op):
+        """All-reduce ``tensor`` in place. Small CPU tensors (BatchNorm statistics, several
+        per training step) are all-gathered and combined here: gloo's all-reduce of a few
+        hundred numbers took 1.0 to 1.3 ms between two processes on one machine, its
+        all-gather 0.45 to 0.5 ms. Every process combines the same parts in rank order, so
+        all of them hold the same result."""
+        if tensor.device.type != "cpu" or tensor.numel() > SMALL_REDUCE:
+            return self._route(tensor, lambda t, g: dist.all_reduce(t, op, group=g))
+        flat = tensor.reshape(-1).contiguous()
+        parts = flat.new_empty(self.world * flat.numel())
+        dist.all_gather_into_tensor(parts, flat, group=self.control)
+        tensor.copy_(combine(parts.view(self.world, -1), dim=0).view(tensor.shape))
+        return tensor
 
     def broadcast_(self, tensor, src=0):
         return self._route(tensor, lambda t, g: dist.broadcast(t, src, group=g))

@@ -14,6 +14,7 @@ import warnings
 
 import torch
 
+from ._augment import draws_per_sample
 from ._config import resolve_config
 from ._distributed import join_team, leader_warnings, process_device
 from ._events import HistoryRecorder, fit_events
@@ -91,9 +92,12 @@ def _train(estimator, inputs, config, assigner, device, team, resume):
         restore_model(model, saved)
     check_fit_memory(estimator, config, data, model, device)
     feeder = Feeder(data.source, model["_scaling"], device)
-    # Batch order and neighbour views alike in every process, augmentation its own.
+    # Batch order and neighbour views alike in every process; augmentation alike too when
+    # it draws per sample (Trainer._augment gives each row its one-process draws), else
+    # each process's own.
     generators = (torch.Generator(feeder.index_device).manual_seed(seeds[1]),
-                  torch.Generator(device).manual_seed(seeds[2] + team.rank))
+                  torch.Generator(device).manual_seed(
+                      seeds[2] + (0 if draws_per_sample(config.augment) else team.rank)))
     labels = initial_labels(model["heads_"], data.n_samples, init_gen, device)
     history = HistoryRecorder()
     events = fit_events(estimator, history, X, y, lambda: snapshot(model, data, feeder),

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._augment import draws_per_sample
 from ._distributed import SOLO
 from ._events import EpochRecord
 from ._interrupt import InterruptFlag, interrupt_requested
@@ -143,7 +144,7 @@ class Trainer:
         self.events.fit_begin(cfg.max_epochs, cfg.steps_per_epoch)
         try:
             with (InterruptFlag(deferred=self.team.world > 1), warnings.catch_warnings(),
-                  shared_batch_norm(self.network, self.team)):
+                  shared_batch_norm(self.network, self.team, cfg.sync_batch_norm)):
                 # DDP warns when a gradient's strides differ from its bucket's in a size-1
                 # dimension only (1-channel convolutions on the CPU): the same memory.
                 warnings.filterwarnings("ignore", message="Grad strides do not match")
@@ -221,14 +222,15 @@ class Trainer:
                    for b in range(cfg.steps_per_epoch)]
         inputs = (targets if self.graph is None else
                   [self.graph.views(idx, cfg.neighbor_prob, gen) for idx in targets])
-        return [self.team.share(t) for t in targets], [self.team.share(t) for t in inputs]
+        return ([self.team.share(t) for t in targets], [self.team.share(t) for t in inputs],
+                [len(t) for t in targets])
 
     def _batches(self, feeder, labels):
         """One epoch of gradient steps (those a resumed epoch has left); yields the batch
         number after each step."""
         cfg = self.config
         self.network.train()
-        targets, inputs = self._epoch_indices(feeder.index_device)
+        targets, inputs, batch_sizes = self._epoch_indices(feeder.index_device)
         done = self.epoch_steps
         batches = zip(targets[done:], feeder.batches(inputs[done:]))
         for batch, (idx, xb) in enumerate(batches, done + 1):
@@ -239,12 +241,26 @@ class Trainer:
                     self._save()
                 self.network.train()
             if cfg.augment is not None:
-                xb = cfg.augment(xb, self.augment_generator)
+                xb = self._augment(xb, batch_sizes[batch - 1])
             self.loss_sum += self._step(xb, labels[:, idx.to(labels.device)])
             self.step += 1
             self.epoch_steps += 1
             self.events.batch_end(self.step)
             yield batch
+
+    def _augment(self, xb, batch_size):
+        """This process's share ``xb`` of a batch of ``batch_size`` samples, augmented. With
+        several processes and a built-in augmentation, every row gets the draws it would get
+        in one process (the share is augmented in place within a batch of the whole size,
+        from a generator seeded alike in every process), so that the processes together
+        take the one-process step, up to the order of floating-point sums."""
+        augment = self.config.augment
+        if self.team.world == 1 or not draws_per_sample(augment):
+            return augment(xb, self.augment_generator)
+        start, stop = self.team.shard(batch_size)
+        whole = xb.new_zeros((batch_size, *xb.shape[1:]))
+        whole[start:stop] = xb
+        return augment(whole, self.augment_generator)[start:stop]
 
     def _step(self, xb, targets):
         """One gradient step on a batch; returns its (detached) loss."""

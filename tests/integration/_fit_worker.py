@@ -10,6 +10,8 @@ MODE:
   Under torchrun it first checks the team's collectives, BatchNorm over the shares of the
   two processes, and that the neighbour graph built by two processes is the one-process
   graph.
+* ``local``: a short fit (5 epochs) with ``sync_batch_norm=False``, each process
+  normalising its own share of the batches.
 * ``checkpoint``: a short fit (4 epochs, ``prior="auto"``) with ``checkpoint=CHECKPOINT``,
   which the tests kill and interrupt; every self-label step writes a checkpoint, as on
   long epochs, so that kills also find checkpoints in the middle of epochs.
@@ -97,6 +99,9 @@ def main(mode, out, checkpoint=None):
         if "RANK" in os.environ:
             dist.init_process_group("gloo")
             check_team(X)
+    elif mode == "local":
+        est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=5,
+                                 sync_batch_norm=False)
     else:
         _resume.LABEL_UPDATE_SECONDS = 0.0
         # The default assigner with prior="auto", whose proportions carry over steps.

@@ -62,3 +62,13 @@ def test_a_fit_in_two_processes_ends_alike_in_both_and_clusters_as_one(tmp_path)
     # The fitted estimator of the data-parallel fit loads and predicts in a plain process.
     est = pickle.loads((two / "estimator.pkl").read_bytes())
     np.testing.assert_array_equal(est.predict(load_digits().images), ranks[0]["labels"])
+
+
+def test_batch_norm_per_share_still_ends_alike_in_both_processes(tmp_path):
+    # sync_batch_norm=False: the BatchNorm statistics of the two processes differ during
+    # training; the self-label steps and the end still see the same network in both.
+    _launch.finish(_launch.start("local", tmp_path, processes=2), tmp_path)
+    ranks = _launch.results(tmp_path, processes=2)
+    for name in ("labels", "self_labels", "history", "weights", "cluster_sizes"):
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    assert cluster_accuracy(load_digits().target, ranks[0]["labels"]) > 0.5
