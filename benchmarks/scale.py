@@ -78,12 +78,12 @@ def peak_rss_bytes():
 
 def phase_timer():
     """Wall time of the fit's phases, by wrapping the parts that do them."""
-    from skselflabel import _clusterer, _training
+    from skselflabel import _fitting, _training
 
     phases = {"graph": 0.0, "label_updates": 0.0, "final_labelling": 0.0}
-    build = _clusterer.NeighborGraph.build.__func__
+    build = _fitting.NeighborGraph.build.__func__
     relabel = _training.Trainer._relabel
-    logits = _clusterer.first_head_labels
+    logits = _fitting.first_head_labels
 
     def timed(name, fn):
         def run(*args, **kwargs):
@@ -94,9 +94,9 @@ def phase_timer():
                 phases[name] += time.perf_counter() - tic
         return run
 
-    _clusterer.NeighborGraph.build = classmethod(timed("graph", build))
+    _fitting.NeighborGraph.build = classmethod(timed("graph", build))
     _training.Trainer._relabel = timed("label_updates", relabel)
-    _clusterer.first_head_labels = timed("final_labelling", logits)
+    _fitting.first_head_labels = timed("final_labelling", logits)
     return phases
 
 

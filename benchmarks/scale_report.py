@@ -105,8 +105,16 @@ def _graph(r):
         "| rows | seconds | recall@10 against exact search (1,000 sampled rows) |",
         "|---|---|---|", *rows, "",
         f"Time grows like N^{r['growth_exponent']:.2f} (least-squares slope of log time "
-        "on log N; target: no worse than N^1.3).",
+        "on log N; target: no worse than N^1.3). Recall target: at least 0.95; "
+        + _recall_verdict(r["rows"]),
     ])
+
+
+def _recall_verdict(rows):
+    short = [f"{row['n']:,}" for row in rows if row["recall_at_10"] < 0.95]
+    return ("met at every size." if not short else
+            f"not met at {', '.join(short)} rows (the index's search breadth, efSearch, "
+            "does not grow with N).")
 
 
 def write_report():

@@ -70,13 +70,7 @@ def _keep_best(group, score, room):
 def _row_sums(W, v, rows):
     """``W @ v``: the (unnormalised) mass of each sample's row of the plan."""
     sums = torch.empty(W.shape[0], dtype=W.dtype, device=W.device)
-
-    def fill(lo, hi, block):
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            torch.mv(W[s:e], v, out=sums[s:e])
-
-    rows.map(fill)
+    rows.per_block(lambda s, e: torch.mv(W[s:e], v, out=sums[s:e]))
     return sums.clamp_min_(torch.finfo(W.dtype).tiny)
 
 

@@ -99,6 +99,14 @@ class Rows:
             return [fn(lo, hi, self.block) for lo, hi in self.ranges]
         return list(self._pool.map(lambda r: fn(r[0], r[1], self.block), self.ranges))
 
+    def per_block(self, fn):
+        """``fn(start, stop)`` for every block of rows, the blocks spread over the workers."""
+        def visit(lo, hi, block):
+            for start in range(lo, hi, block):
+                fn(start, min(hi, start + block))
+
+        self.map(visit)
+
     def close(self):
         if self._pool is not None:
             self._pool.shutdown()
@@ -368,13 +376,11 @@ def _row_ranges(problem, source, row_max):
     """Each row's range of scores (its maximum minus its minimum), float64."""
     ranges = torch.empty(source.shape[0], dtype=torch.float64, device=source.device)
 
-    def row_ranges(lo, hi, block):
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            top = 0.0 if row_max is None else row_max[s:e]
-            ranges[s:e] = top - source[s:e].amin(1).to(torch.float64)
+    def row_ranges(s, e):
+        top = 0.0 if row_max is None else row_max[s:e]
+        ranges[s:e] = top - source[s:e].amin(1).to(torch.float64)
 
-    problem.rows.map(row_ranges)
+    problem.rows.per_block(row_ranges)
     return ranges
 
 

@@ -58,13 +58,19 @@ class _Spy(SinkhornAssigner):
         return super().assign_tensor(scores, **kw)
 
 
-def test_few_clusters_diffuse_each_heads_probabilities():
-    backbone, heads = _network(n_clusters=(3,))            # 3 clusters <= 8 features
+def _diffused_step(n_clusters):
+    """One self-label step with 3 diffusion steps, the scores the assigner saw recorded."""
+    backbone, heads = _network(n_clusters=n_clusters)
     X_t = _data()
     graph = NeighborGraph(nearest_neighbors(X_t, 5))
     spy = _Spy(lam=10.0)
-    labels = torch.zeros((1, 90), dtype=torch.int64)
+    labels = torch.zeros((len(n_clusters), 90), dtype=torch.int64)
     SelfLabeller(spy, graph, 3).relabel_(backbone, heads, 8, feeder_of(X_t), labels)
+    return backbone, heads, X_t, graph, spy
+
+
+def test_few_clusters_diffuse_each_heads_probabilities():
+    backbone, heads, X_t, graph, spy = _diffused_step((3,))   # 3 clusters <= 8 features
     with torch.no_grad():
         p = torch.softmax(heads[0](backbone(X_t)), 1)
     for _ in range(3):
@@ -75,12 +81,7 @@ def test_few_clusters_diffuse_each_heads_probabilities():
 
 
 def test_many_clusters_diffuse_the_features_once_for_all_heads():
-    backbone, heads = _network(n_clusters=(12, 12))        # 12 clusters > 8 features
-    X_t = _data()
-    graph = NeighborGraph(nearest_neighbors(X_t, 5))
-    spy = _Spy(lam=10.0)
-    labels = torch.zeros((2, 90), dtype=torch.int64)
-    SelfLabeller(spy, graph, 3).relabel_(backbone, heads, 8, feeder_of(X_t), labels)
+    backbone, heads, X_t, graph, spy = _diffused_step((12, 12))   # 12 > 8 features
     with torch.no_grad():
         features = backbone(X_t)
         for _ in range(3):
@@ -101,12 +102,12 @@ def test_buffers_are_reused_across_steps_and_narrower_heads():
     assert buffers.features(10, 3, cpu) is f
 
 
-@pytest.mark.parametrize("n_clusters", [2, 10, 300, 1500])
+@pytest.mark.parametrize("n_clusters", [2, 10, 300, 1500, 3000])
 @pytest.mark.parametrize("diffusion_steps", [0, "auto"])
 def test_every_heads_self_labels_hold_their_share(n_clusters, diffusion_steps):
     # Random rows: nothing pulls samples together, and at 1,500 clusters an untrained
     # network's argmax piles into a few; the sizes must hold anyway (+-50% at the end).
-    n = 3000
+    n = max(3000, 2 * n_clusters)
     X = np.random.default_rng(1).standard_normal((n, 8)).astype(np.float32)
     est = SelfLabelClusterer(n_clusters=n_clusters, n_heads=2, max_epochs=1,
                              n_label_updates=3, diffusion_steps=diffusion_steps,
