@@ -38,6 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skselflabel import SelfLabelClusterer
+from skselflabel._threads import effective_threads
 from skselflabel.datasets import load_fashion_mnist
 from skselflabel.metrics import cluster_accuracy
 from skselflabel.plotting import plot_cluster_grid, plot_history
@@ -148,7 +149,8 @@ def main():
         "",
         f"Command: {command}",
         "",
-        f"Machine: {machine_description()}; torch threads {torch.get_num_threads()}; "
+        f"Machine: {machine_description()}; fit threads {effective_threads(None)} (the "
+        f"default n_jobs=None), {torch.get_num_threads()} for KMeans and the probe; "
         f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
         "the end (2 means both cores busy).",
         "",
