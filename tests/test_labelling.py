@@ -66,11 +66,11 @@ def _diffused_step(n_clusters):
     spy = _Spy(lam=10.0)
     labels = torch.zeros((len(n_clusters), 90), dtype=torch.int64)
     SelfLabeller(spy, graph, 3).relabel_(backbone, heads, 8, feeder_of(X_t), labels)
-    return backbone, heads, X_t, graph, spy
+    return backbone, heads, X_t, graph, spy, labels
 
 
 def test_few_clusters_diffuse_each_heads_probabilities():
-    backbone, heads, X_t, graph, spy = _diffused_step((3,))   # 3 clusters <= 8 features
+    backbone, heads, X_t, graph, spy, labels = _diffused_step((3,))   # 3 <= 8 features
     with torch.no_grad():
         p = torch.softmax(heads[0](backbone(X_t)), 1)
     for _ in range(3):
@@ -81,7 +81,7 @@ def test_few_clusters_diffuse_each_heads_probabilities():
 
 
 def test_many_clusters_diffuse_the_features_once_for_all_heads():
-    backbone, heads, X_t, graph, spy = _diffused_step((12, 12))   # 12 > 8 features
+    backbone, heads, X_t, graph, spy, _ = _diffused_step((12, 12))   # 12 > 8 features
     with torch.no_grad():
         features = backbone(X_t)
         for _ in range(3):
