@@ -76,10 +76,11 @@ class _SharedBatchNorm(torch.autograd.Function):
         mean, var = mean.to(x.dtype), var.to(x.dtype)
         out = torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)
         ctx.save_for_backward(x, weight, mean, var)
-        ctx.team, ctx.scratch, ctx.total, ctx.eps = team, scratch, float(total), eps
+        # The count stays a tensor: reading it on the host would sync a GPU in every layer.
+        ctx.team, ctx.scratch, ctx.total, ctx.eps = team, scratch, total, eps
         ctx.dims, ctx.shape = dims, shape
         # The statistics for the running averages (the variance unbiased, as BatchNorm's).
-        unbiased = var * (float(total) / max(1.0, float(total) - 1))
+        unbiased = var * (total / (total - 1).clamp_min(1.0)).to(x.dtype)
         ctx.mark_non_differentiable(mean, unbiased)
         return out, mean, unbiased
 
