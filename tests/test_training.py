@@ -81,3 +81,25 @@ def test_cosine_schedule_ends_at_zero():
         opt.step()
         sched.step()
     assert lrs[0] == 1.0 and np.all(np.diff(lrs) < 0) and opt.param_groups[0]["lr"] == 0.0
+
+
+def test_a_process_augments_its_share_with_its_one_process_draws():
+    # Data-parallel fits with a built-in augmentation: process 1 of 2, holding rows 3..6 of
+    # a batch of 7, gets exactly the rows one process would get from the same generator.
+    from types import SimpleNamespace
+
+    from skselflabel._augment import ImageAugment
+    from skselflabel._distributed import Team
+
+    class SecondOfTwo(Team):
+        rank, world = 1, 2
+
+    batch = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    augment = ImageAugment(flip=True, erase=0.5)
+    whole = augment(batch, torch.Generator().manual_seed(5))
+    start, stop = SecondOfTwo().shard(7)
+    trainer = SimpleNamespace(team=SecondOfTwo(), config=SimpleNamespace(augment=augment),
+                              augment_generator=torch.Generator().manual_seed(5))
+    share = Trainer._augment(trainer, batch[start:stop], 7)
+    assert (start, stop) == (3, 7)
+    torch.testing.assert_close(share, whole[start:stop], rtol=0, atol=0)
