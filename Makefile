@@ -16,8 +16,8 @@ help:
 	@echo "make bench-threads - time the default n_jobs against 1 thread (quiet and loaded)"
 	@echo "make docs   - build the documentation site, notebooks executed (warnings are errors)"
 
-# setup.py compiles skselflabel/_fused.c (the solver's CPU kernel) into the source tree.
-$(VENV)/.installed: pyproject.toml setup.py skselflabel/_fused.c
+# setup.py compiles skselflabel/_solver/_fused.c (the solver's CPU kernel) into the source tree.
+$(VENV)/.installed: pyproject.toml setup.py skselflabel/_solver/_fused.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH_PIN)"
@@ -50,4 +50,4 @@ docs: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info docs/_build docs/generated docs/notebooks .pytest_cache
-	rm -f skselflabel/*.so skselflabel/*.pyd
+	rm -f skselflabel/*.so skselflabel/*.pyd skselflabel/*/*.so skselflabel/*/*.pyd

@@ -1,6 +1,6 @@
 """Build script for the optional compiled kernel; all metadata lives in pyproject.toml.
 
-``skselflabel._fused`` (one fused Sinkhorn sweep, C) makes ``sinkhorn_knopp`` about twice
+``skselflabel._solver._fused`` (one fused Sinkhorn sweep, C) makes ``sinkhorn_knopp`` about twice
 as fast on CPU. It is optional: without a C compiler the build skips it and the solver uses
 its pure-torch path, which gives the same results.
 """
@@ -17,7 +17,7 @@ else:
 
 setup(
     ext_modules=[
-        Extension("skselflabel._fused", ["skselflabel/_fused.c"],
+        Extension("skselflabel._solver._fused", ["skselflabel/_solver/_fused.c"],
                   extra_compile_args=compile_args, optional=True),
     ],
 )

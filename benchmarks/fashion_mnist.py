@@ -38,7 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skselflabel import SelfLabelClusterer
-from skselflabel._threads import effective_threads
+from skselflabel._runtime.threads import effective_threads
 from skselflabel.datasets import load_fashion_mnist
 from skselflabel.metrics import cluster_accuracy
 from skselflabel.plotting import plot_cluster_grid, plot_history

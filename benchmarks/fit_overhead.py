@@ -5,7 +5,7 @@ on odd ones) so that load from other jobs on the machine hits both alike; median
 
 What both sides share: the data (Fashion-MNIST training images, or the 8x8 digits when the
 IDX files are absent), centred and scaled per channel; the model (``SmallCNN`` from
-``skselflabel._backbones`` plus one ``nn.Linear`` head, initialised by ``init_parameters_``);
+``skselflabel._fit.backbones`` plus one ``nn.Linear`` head, initialised by ``init_parameters_``);
 Adam (lr 1e-3, weight decay 1e-4) with the cosine schedule; the batch size; the
 augmentation callable that the estimator resolves for images (``resolve_augment("auto")``);
 neighbour views (a random one of 10 nearest neighbours with probability 0.5) on the same
@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from skselflabel import SelfLabelClusterer, sinkhorn_knopp
-from skselflabel._augment import resolve_augment
-from skselflabel._backbones import SmallCNN, init_parameters_
-from skselflabel._schedule import label_update_steps
-from skselflabel._graph import nearest_neighbors
+from skselflabel._data.augment import resolve_augment
+from skselflabel._fit.backbones import SmallCNN, init_parameters_
+from skselflabel._fit.schedule import label_update_steps
+from skselflabel._fit.graph import nearest_neighbors
 from skselflabel.datasets import load_digits_images, load_fashion_mnist
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))

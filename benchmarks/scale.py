@@ -78,7 +78,8 @@ def peak_rss_bytes():
 
 def phase_timer():
     """Wall time of the fit's phases, by wrapping the parts that do them."""
-    from skselflabel import _fitting, _training
+    from skselflabel._fit import fit as _fitting
+    from skselflabel._fit import training as _training
 
     phases = {"graph": 0.0, "label_updates": 0.0, "final_labelling": 0.0}
     build = _fitting.NeighborGraph.build.__func__
@@ -108,7 +109,7 @@ def head_sizes(self_labels, n_clusters):
 def machine():
     from _report import machine_description
 
-    from skselflabel._threads import effective_threads
+    from skselflabel._runtime.threads import effective_threads
 
     # The fits run on the threads of the default n_jobs=None, whatever torch's default is.
     return {"machine": machine_description(), "load_start": os.getloadavg()[0],
@@ -237,7 +238,7 @@ def case_memmap(quick):
 def case_graph(quick):
     import torch
 
-    from skselflabel._graph import nearest_neighbors
+    from skselflabel._fit.graph import nearest_neighbors
 
     sizes = (100_000, 300_000, 1_000_000) if not quick else (10_000, 30_000, 100_000)
     rng = np.random.default_rng(0)

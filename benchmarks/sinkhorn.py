@@ -40,7 +40,8 @@ sys.path.insert(0, str(HERE.parent.parent / "shared" / "reference"))
 from _report import machine_description, write_section  # noqa: E402
 from sinkhorn_float64 import balanced_logits, reference_labels  # noqa: E402
 
-from skselflabel import _scaling, sinkhorn_knopp  # noqa: E402
+from skselflabel import sinkhorn_knopp  # noqa: E402
+from skselflabel._solver import iterations as _scaling  # noqa: E402
 
 try:
     import ot
@@ -225,7 +226,7 @@ def main(argv=None):
         f"Command: `python benchmarks/sinkhorn.py{' --quick' if args.quick else ''}` "
         f"(or `make bench`). Machine: {machine_description()}; torch "
         f"{torch.__version__}, threads {torch.get_num_threads()}; compiled sweep "
-        f"(`skselflabel._fused`): {'yes' if _scaling._fused is not None else 'not built'}; "
+        f"(`skselflabel._solver._fused`): {'yes' if _scaling._fused is not None else 'not built'}; "
         f"1-minute load average at the start {load:.1f}. Logits: "
         "`balanced_logits(N, K)` from ../shared/reference, lam = 25. Read the ratios "
         "(measured side by side in one process) rather than the absolute seconds.",

@@ -37,7 +37,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from skselflabel import SelfLabelClusterer
-from skselflabel._threads import effective_threads
+from skselflabel._runtime.threads import effective_threads
 from skselflabel.datasets import load_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

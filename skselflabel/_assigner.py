@@ -9,8 +9,8 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluste
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._priors import estimate_proportions
-from ._sinkhorn import sinkhorn_knopp, solve
+from ._solver.priors import estimate_proportions
+from ._solver.sinkhorn import SolverSettings, sinkhorn_knopp, solve
 
 __all__ = ["SinkhornAssigner"]
 
@@ -43,8 +43,8 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
     prior : array-like of shape (n_clusters,), "auto" or None, default=None
         Relative cluster sizes (normalised to sum 1); uniform when None. "auto" estimates
         them from the scores (EM for mixture proportions, floored so that no cluster
-        vanishes; :mod:`skselflabel._priors`): in :class:`SelfLabelClusterer` anew at
-        every self-label step, starting from equal sizes.
+        vanishes; see the user guide): in :class:`SelfLabelClusterer` anew at every
+        self-label step, starting from equal sizes.
     input : {"logits", "proba", "distance"}, default="logits"
         What the columns of ``X`` hold, one per cluster:
 
@@ -287,25 +287,9 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         tolerance = self.size_tolerance
         if tolerance is not None:
             tolerance = max(tolerance, min_size_tolerance)
-        return solve(scores, lam=self.lam, prior=prior, tol=self.tol, max_iter=self.max_iter,
-                     copy=copy, size_tolerance=tolerance)
-
-    def fit_predict(self, X, y=None):
-        """Fit and return the balanced training assignment ``labels_``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_clusters)
-            Per-cluster scores, probabilities or distances (see ``input``).
-        y : Ignored
-            Not used, present for API consistency.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            Balanced cluster indices of the training rows.
-        """
-        return self.fit(X).labels_
+        return solve(scores, SolverSettings(lam=self.lam, prior=prior, tol=self.tol,
+                                            max_iter=self.max_iter, copy=copy,
+                                            size_tolerance=tolerance))
 
     @property
     def _n_features_out(self):

@@ -1,7 +1,5 @@
-"""``SelfLabelClusterer``: SeLa as a scikit-learn estimator, orchestrating the parts (input
-checks, settings, network, neighbour graph, trainer, self-label step, assigner) that live
-in modules of their own. ``fit`` builds the model in locals and commits it at the end.
-"""
+"""``SelfLabelClusterer``: SeLa as a scikit-learn estimator; ``fit`` commits what
+:func:`~skselflabel._fit.fit.fit_model` returns."""
 import os
 import warnings
 from numbers import Integral, Real
@@ -13,15 +11,18 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._examples import cluster_examples
-from ._events import CallbackSupportMixin
-from ._fitting import fit_model
-from ._inference import represent
-from ._inputs import check_predict_input
-from ._model import (FittedModelMixin, balanced_log_likelihood, checked_assigner, commit,
-                     default_assigner, first_head_labels, first_head_logits)
-from ._source import Feeder
-from ._threads import uses_n_jobs
+from ._data.checks import check_predict_input
+from ._data.sources import Feeder
+from ._fit.config import checked_assigner, default_assigner
+from ._fit.events import CallbackSupportMixin
+from ._fit.exemplars import check_ranking, exemplars
+from ._fit.fit import fit_model
+from ._fit.inference import (balanced_log_likelihood, first_head_labels, first_head_logits,
+                             represent)
+from ._fit.state import FittedModelMixin, alias_moved_modules, commit
+from ._runtime.threads import uses_n_jobs
+
+alias_moved_modules()       # pickles of the same state format, written before the folders
 
 
 class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
@@ -324,8 +325,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         self : SelfLabelClusterer
             The fitted estimator.
         """
-        model, messages = fit_model(self, X, y)
-        commit(self, model)
+        fitted, messages = fit_model(self, X, y)
+        commit(self, fitted)
         for message in messages:
             warnings.warn(message, UserWarning, stacklevel=2)
         return self
@@ -350,7 +351,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         labels : ndarray of shape (n_samples,), int64
             Cluster index in ``[0, n_clusters)``.
         """
-        return first_head_labels(vars(self), self._inference_input(X)).cpu().numpy()
+        return first_head_labels(self._fitted_network(),
+                                 self._inference_input(X)).cpu().numpy()
 
     @uses_n_jobs
     def predict_proba(self, X):
@@ -366,7 +368,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         proba : ndarray of shape (n_samples, n_clusters), float32
             Rows sum to 1.
         """
-        logits = first_head_logits(vars(self), self._inference_input(X))
+        logits = first_head_logits(self._fitted_network(), self._inference_input(X))
         return torch.softmax(logits, 1).cpu().numpy()
 
     @uses_n_jobs
@@ -414,10 +416,51 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         score : float
             Mean log-likelihood of the balanced labels.
         """
-        return balanced_log_likelihood(vars(self), self._inference_input(X),
+        return balanced_log_likelihood(self._fitted_network(), self._inference_input(X),
                                        checked_assigner(self.assigner, self.n_clusters))
 
-    cluster_examples = uses_n_jobs(cluster_examples)  # documented in _examples.py
+    @uses_n_jobs
+    def cluster_examples(self, X, n_examples=8, *, by="center"):
+        """The most typical samples of each cluster, as indices into ``X``.
+
+        Every sample of ``X`` belongs to the cluster :meth:`predict` gives it. With
+        ``by="center"`` a cluster's examples are its members nearest (Euclidean distance) to
+        the mean of the members' learned representation (the output of :meth:`transform`);
+        with ``by="confidence"`` they are its members with the highest probability of the
+        cluster (:meth:`predict_proba`), which for a confident network are many near 1.
+        Pass the training data to see what each learned cluster stands for, and the result
+        to :func:`skselflabel.plotting.plot_cluster_grid` (``examples=``) to show them.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame or torch.Tensor
+            Samples shaped like the training data, usually the training data themselves.
+        n_examples : int, default=8
+            Examples per cluster; a cluster with fewer members gets all of them.
+        by : {"center", "confidence"}, default="center"
+            How the members of a cluster are ranked.
+
+        Returns
+        -------
+        examples : list of ndarray of int64
+            ``examples[k]`` holds the row numbers in ``X`` of cluster ``k``'s examples, the
+            most typical first; it is empty when no sample of ``X`` falls into cluster ``k``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import make_blobs
+        >>> from skselflabel import SelfLabelClusterer
+        >>> X, _ = make_blobs(n_samples=90, centers=3, random_state=0)
+        >>> clu = SelfLabelClusterer(n_clusters=3, max_epochs=3, random_state=0).fit(X)
+        >>> examples = clu.cluster_examples(X, n_examples=4)
+        >>> [len(rows) for rows in examples]
+        [4, 4, 4]
+        >>> all((clu.labels_[rows] == k).all() for k, rows in enumerate(examples))
+        True
+        """
+        check_ranking(n_examples, by)
+        return exemplars(self._fitted_network(), self._inference_input(X), n_examples, by)
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch
 
-from ._idx import read_idx, write_idx
+from ._data.idx import read_idx, write_idx
 
 __all__ = [
     "FASHION_MNIST_ENV",

@@ -1,7 +1,7 @@
 """Fixtures shared by the unit tests."""
 import pytest
 
-from skselflabel import _sinkhorn
+from skselflabel._solver import sinkhorn as _sinkhorn
 
 
 @pytest.fixture

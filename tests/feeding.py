@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from skselflabel._inputs import InputScaling
-from skselflabel._source import ArraySource, Feeder
+from skselflabel._data.input_scaling import InputScaling
+from skselflabel._data.sources import ArraySource, Feeder
 
 
 def feeder_of(X, device="cpu"):

@@ -436,7 +436,7 @@ def test_diffusion_and_neighbor_views_change_the_result(blobs):
 
 # ------------------------------------------------------------------ neighbour graph space
 def test_neighbor_features_auto_uses_gradients_for_images_of_16_pixels_or_more(monkeypatch):
-    import skselflabel._graph as graph_module
+    import skselflabel._fit.graph as graph_module
 
     seen = []
     real = graph_module.gradient_histograms

@@ -266,7 +266,8 @@ CHILD = textwrap.dedent("""
     import sys, warnings
     import numpy as np, torch
     from hypothesis import given, settings, strategies as st
-    from skselflabel import _sinkhorn, sinkhorn_knopp
+    from skselflabel import sinkhorn_knopp
+    from skselflabel._solver import sinkhorn as _sinkhorn
 
     _sinkhorn._WARMUP_ELEMENTS = 2_000      # small matrices take the in-place path
     folder, n_examples = sys.argv[1], int(sys.argv[2])

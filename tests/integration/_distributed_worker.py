@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from skselflabel import _sinkhorn, sinkhorn_knopp
+from skselflabel import sinkhorn_knopp
+from skselflabel._solver import sinkhorn as _sinkhorn
 
 N, K, SPLIT, LAM = 6_000, 50, 2_000, 10.0
 

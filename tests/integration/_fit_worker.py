@@ -28,12 +28,12 @@ import torch.distributed as dist
 from sklearn.datasets import load_digits
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
-from skselflabel import _resume
-from skselflabel._distributed import join_team
-from skselflabel._graph import NeighborGraph
-from skselflabel._inputs import InputScaling
-from skselflabel._shared_norm import shared_batch_norm
-from skselflabel._source import ArraySource, Feeder
+from skselflabel._fit import resume as _resume
+from skselflabel._runtime.processes import join_team
+from skselflabel._fit.graph import NeighborGraph
+from skselflabel._data.input_scaling import InputScaling
+from skselflabel._runtime.shared_norm import shared_batch_norm
+from skselflabel._data.sources import ArraySource, Feeder
 
 CHECKPOINT_EPOCHS = 4
 
@@ -49,7 +49,7 @@ def check_team(X):
     assert team.share_bytes(b"abc" if team.leader else None) == b"abc"
     assert team.share_bytes(None) is None
     assert [int(t) for t in team.gather(torch.tensor(team.rank))] == [0, 1]
-    assert team.any(team.rank == 1) and not team.any(False)
+    assert team.any_process(team.rank == 1) and not team.any_process(False)
     assert team.sum_(torch.tensor([1.0, team.rank])).tolist() == [2.0, 1.0]
     assert team.max_(torch.tensor([team.rank])).tolist() == [1]
     assert team.broadcast_(torch.tensor([team.rank + 5]), src=1).tolist() == [6]

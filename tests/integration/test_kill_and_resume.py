@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skselflabel._checkpoint import read_checkpoint
+from skselflabel._runtime.checkpoint_file import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _launch  # noqa: E402

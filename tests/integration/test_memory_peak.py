@@ -15,8 +15,10 @@ def test_fit_estimate_matches_the_measured_peak():
     script = textwrap.dedent("""
         import os, threading, time
         import numpy as np
-        from skselflabel import SelfLabelClusterer, _memory
-        from skselflabel._config import resolve_config
+        from skselflabel import SelfLabelClusterer
+        from skselflabel._fit.config import resolve_config
+        from skselflabel._fit.fit import fit_phases
+        from skselflabel._runtime.memory import peak
 
         def rss():
             with open("/proc/self/statm") as f:
@@ -37,8 +39,8 @@ def test_fit_estimate_matches_the_measured_peak():
         done.set()
         thread.join()
         cfg = resolve_config(est.get_params(deep=False), 20000, (16,))
-        total = _memory.peak(_memory.fit_phases(20000, 16, 2000, 1, est._head_width,
-                                                cfg.n_neighbors, cfg.diffusion_steps))[0]
+        total = peak(fit_phases(20000, 16, 2000, 1, est._head_width, cfg.n_neighbors,
+                                cfg.diffusion_steps))[0]
         print(total / (peak[0] - base))
     """)
     if not os.path.exists("/proc/self/statm"):

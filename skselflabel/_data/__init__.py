@@ -1,0 +1,1 @@
+"""What comes in: input checks, sample sources, input scaling, augmentations, IDX files."""

@@ -1,0 +1,1 @@
+"""Training SelfLabelClusterer: settings, fitted state, the fit steps and their events."""

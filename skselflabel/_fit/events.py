@@ -1,0 +1,268 @@
+"""Fit events: the trainer reports what happens through one :class:`EventStream`, and its
+listeners keep ``history_``, draw the ``verbose`` progress bar and call scikit-learn's
+callbacks."""
+from dataclasses import dataclass
+import importlib.util
+import sys
+
+import pandas as pd
+
+try:
+    from sklearn.callback import CallbackSupportMixin
+except ImportError:  # scikit-learn < 1.9 has no callbacks: nothing to support
+    class CallbackSupportMixin:
+        """Stand-in for scikit-learn >= 1.9's mixin (which adds ``set_callbacks``)."""
+
+HISTORY_COLUMNS = ["epoch", "loss", "label_change", "label_error", "seconds"]
+
+
+def empty_history():
+    """``history_`` before the first epoch."""
+    return pd.DataFrame(columns=HISTORY_COLUMNS)
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did."""
+
+    epoch: int            # counted over all fits of a warm-started estimator
+    loss: float           # mean cross-entropy over steps and heads
+    label_change: float   # fraction of labels the latest self-label step changed
+    label_error: float    # its largest marginal error over heads (converged: <= tol)
+    seconds: float        # wall time, self-labelling included
+
+
+class FitListener:
+    """Base class of listeners: every hook does nothing unless overridden."""
+
+    def on_fit_begin(self, n_epochs, steps_per_epoch):
+        """Training of ``n_epochs`` epochs of ``steps_per_epoch`` steps starts."""
+
+    def on_epoch_begin(self, epoch):
+        """Epoch ``epoch`` (1-based, within this fit) starts."""
+
+    def on_batch_end(self, step):
+        """Gradient step ``step`` (counted over the fit) is done (no host sync here)."""
+
+    def on_relabel(self, head, n_heads):
+        """The self-label step starts on head ``head`` (0-based) of ``n_heads``."""
+
+    def on_epoch_end(self, record):
+        """An epoch ended; return True to ask the trainer to stop after it."""
+
+    def on_label_update(self, label_change, label_error, final):
+        """The self-labels were recomputed (``final``: the step after training)."""
+
+    def on_fit_end(self, status):
+        """Training ended: ``status`` is "done", "interrupted" (Ctrl-C; the model is
+        usable) or "failed" (an exception is on its way to the caller)."""
+
+
+class EventStream:
+    """Sends each event to every listener, in order."""
+
+    def __init__(self, listeners):
+        self.listeners = list(listeners)
+
+    def fit_begin(self, n_epochs, steps_per_epoch):
+        for listener in self.listeners:
+            listener.on_fit_begin(n_epochs, steps_per_epoch)
+
+    def epoch_begin(self, epoch):
+        for listener in self.listeners:
+            listener.on_epoch_begin(epoch)
+
+    def batch_end(self, step):
+        for listener in self.listeners:
+            listener.on_batch_end(step)
+
+    def relabel(self, head, n_heads):
+        for listener in self.listeners:
+            listener.on_relabel(head, n_heads)
+
+    def epoch_end(self, record):
+        """Returns whether a listener asked to stop."""
+        stop = False
+        for listener in self.listeners:
+            stop |= bool(listener.on_epoch_end(record))
+        return stop
+
+    def label_update(self, label_change, label_error, final=False):
+        for listener in self.listeners:
+            listener.on_label_update(label_change, label_error, final)
+
+    def fit_end(self, status):
+        for listener in self.listeners:
+            listener.on_fit_end(status)
+
+
+class HistoryRecorder(FitListener):
+    """Keeps one row per epoch; the final self-label step updates the last row's change."""
+
+    def __init__(self):
+        self.records = []
+
+    def on_epoch_end(self, record):
+        self.records.append(record)
+
+    def on_label_update(self, label_change, label_error, final):
+        if final and self.records:
+            self.records[-1].label_change = label_change
+            self.records[-1].label_error = label_error
+
+    def frame(self, previous):
+        """``history_``: the rows of earlier fits (warm start), then this fit's."""
+        new = pd.DataFrame([[r.epoch, r.loss, r.label_change, r.label_error, r.seconds]
+                            for r in self.records], columns=HISTORY_COLUMNS)
+        if len(previous) == 0:
+            return new
+        return pd.concat([previous, new], ignore_index=True) if len(new) else previous
+
+
+class SklearnCallbacks(FitListener):
+    """scikit-learn callbacks (``est.set_callbacks(...)``): the fit is the root task and
+    each epoch a subtask; a callback that returns True at an epoch's end stops training.
+
+    ``snapshot`` is a callable giving the fitted attributes of the model as it stands
+    (used, lazily, for callbacks that ask for a ``fitted_estimator``).
+    """
+
+    def __init__(self, estimator, X, y, snapshot):
+        self.estimator, self.X, self.y, self.snapshot = estimator, X, y, snapshot
+        self.root = self.task = None
+
+    @staticmethod
+    def supported(estimator):
+        return hasattr(estimator, "_init_callback_context")
+
+    def on_fit_begin(self, n_epochs, steps_per_epoch):
+        self.root = self.estimator._init_callback_context(max_subtasks=n_epochs)
+        self.root.call_on_fit_task_begin(estimator=self.estimator, X=self.X, y=self.y)
+
+    def on_epoch_begin(self, epoch):
+        self.task = self.root.subcontext(task_name="epoch")
+        self.task.call_on_fit_task_begin(estimator=self.estimator, X=self.X, y=self.y)
+
+    def on_epoch_end(self, record):
+        task, self.task = self.task, None
+        return task.call_on_fit_task_end(estimator=self.estimator, X=self.X, y=self.y,
+                                         reconstruction_attributes=self.snapshot)
+
+    def on_fit_end(self, status):
+        if status == "failed":          # nothing to report on; teardown still happens
+            return
+        if self.task is not None:       # an epoch cut short by Ctrl-C
+            self.task.call_on_fit_task_end(estimator=self.estimator, X=self.X, y=self.y)
+        self.root.call_on_fit_task_end(estimator=self.estimator, X=self.X, y=self.y,
+                                       reconstruction_attributes=self.snapshot)
+
+
+# ---------------------------------------------------------------------------- progress
+class _LineProgress:
+    """Fallback that prints one line per epoch."""
+
+    def __init__(self, n_epochs, desc):
+        self.n_epochs, self.desc = n_epochs, desc
+
+    def step(self, step):
+        pass
+
+    def note(self, stats):
+        pass
+
+    def epoch(self, epoch, stats):
+        fields = "  ".join(f"{k}={v}" for k, v in stats.items() if k != "epoch")
+        print(f"{self.desc} epoch {epoch}/{self.n_epochs}  {fields}", file=sys.stdout,
+              flush=True)
+
+    def close(self):
+        pass
+
+
+class _TqdmProgress:
+    """A tqdm bar over gradient steps; tqdm itself limits how often it redraws."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def step(self, step):
+        self.bar.update(step - self.bar.n)
+
+    def note(self, stats):
+        self.bar.set_postfix(stats)
+
+    def epoch(self, epoch, stats):
+        self.bar.set_postfix(stats)
+
+    def close(self):
+        self.bar.close()
+
+
+def _in_jupyter_kernel():
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def tqdm_class():
+    """tqdm's widget bar in a Jupyter kernel where ipywidgets is installed, else its text
+    bar. (``tqdm.auto`` chooses the same way but warns "IProgress not found" where
+    ipywidgets is missing, although the text bar works there.) ImportError without tqdm."""
+    if _in_jupyter_kernel() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm
+
+
+def make_progress(n_epochs, steps_per_epoch, desc="SelfLabelClusterer"):
+    """A tqdm bar over gradient steps (see :func:`tqdm_class`) when tqdm is importable,
+    else plain lines on stdout."""
+    try:
+        tqdm = tqdm_class()
+    except ImportError:
+        return _LineProgress(n_epochs, desc)
+    return _TqdmProgress(tqdm(total=n_epochs * steps_per_epoch, desc=desc, unit="batch",
+                              leave=True))
+
+
+class ProgressReporter(FitListener):
+    """The ``verbose=1`` listener: a bar over all gradient steps that moves with every
+    batch, shows the epoch's loss and label change, and names the head being self-labelled
+    during self-label steps (a tqdm bar; without tqdm, one line per epoch)."""
+
+    def __init__(self, desc="SelfLabelClusterer"):
+        self.desc = desc
+        self.progress = None
+        self.stats = {}
+
+    def on_fit_begin(self, n_epochs, steps_per_epoch):
+        self.progress = make_progress(n_epochs, steps_per_epoch, self.desc)
+
+    def on_batch_end(self, step):
+        self.progress.step(step)
+
+    def on_relabel(self, head, n_heads):
+        self.progress.note({**self.stats, "self-labelling": f"head {head + 1}/{n_heads}"})
+
+    def on_epoch_end(self, record):
+        self.stats = {"epoch": record.epoch, "loss": f"{record.loss:.4f}",
+                      "change": f"{record.label_change:.3f}"}
+        self.progress.epoch(record.epoch, self.stats)
+
+    def on_fit_end(self, status):
+        self.progress.close()
+
+
+def fit_events(estimator, X, y, history, snapshot, verbose=0, leader=True):
+    """The event stream of one fit: its ``history``, the ``verbose`` progress bar and, with
+    scikit-learn >= 1.9, the estimator's scikit-learn callbacks (``snapshot`` gives them
+    the model as it stands). Of the processes of a data-parallel fit only the ``leader``
+    reports progress and calls the callbacks (the trainer shares a callback's request to
+    stop with the others)."""
+    if not leader:
+        return EventStream([history])
+    listeners = [history] + ([ProgressReporter()] if verbose else [])
+    if SklearnCallbacks.supported(estimator):
+        listeners.append(SklearnCallbacks(estimator, X, y, snapshot))
+    return EventStream(listeners)

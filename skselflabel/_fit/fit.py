@@ -1,0 +1,237 @@
+"""What ``SelfLabelClusterer.fit`` does, from the input to the model it commits: everything is
+built in locals and returned, so a failing fit leaves an earlier model as it was."""
+from contextlib import contextmanager
+import copy
+from dataclasses import dataclass, replace
+import math
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from .._data.augment import draws_per_sample
+from .._data.checks import CheckedInput, check_cluster_count, check_fit_input
+from .._data.descriptors import gradient_histograms
+from .._data.input_scaling import InputScaling
+from .._data.sources import Feeder
+from .._runtime.memory import INT64, Need, require
+from .._runtime.processes import (Team, join_team, leader_warnings, process_device,
+                                  training_device)
+from .backbones import build_network
+from .config import FitConfig, resolve_config
+from .events import HistoryRecorder, empty_history, fit_events
+from .graph import NeighborGraph, knn_needs
+from .inference import first_head_labels
+from .labelling import NonFiniteOutput, SelfLabeller, label_step_needs
+from .resume import FitCheckpoint, open_checkpoint
+from .state import FittedModel, FittedNetwork
+from .training import Generators, Trainer
+
+
+def fit_model(estimator, X, y):
+    """Train a model of ``estimator``'s parameters on ``X``.
+
+    Returns
+    -------
+    fitted : FittedModel
+        Every fitted attribute, for :func:`skselflabel._fit.state.commit`.
+    messages : list of str
+        Warnings to give once the model is committed (none in other processes than the
+        leader).
+    """
+    params = estimator.get_params(deep=False)
+    device = process_device(training_device(params["device"]))
+    team = join_team(device)
+    with leader_warnings(team):
+        data = check_fit_input(estimator, X, params["num_workers"])
+        check_cluster_count(data, params["n_clusters"])
+        config = resolve_config(params, data.n_samples, data.sample_shape, team.world, device)
+        run = _start(config, data, team, open_checkpoint(config, data, team),
+                     estimator._fitted_network())
+        events = fit_events(estimator, X, y, run.history, run.snapshot, config.verbose,
+                            team.leader)
+        fitted, outcome = _train(run, events)
+    if outcome.interrupted is None and run.checkpoint is not None:
+        run.checkpoint.remove()            # the fit is complete: nothing to resume
+    messages = []
+    if outcome.interrupted is not None and team.leader:
+        epoch, batch, steps = outcome.interrupted
+        messages.append(
+            f"fit was interrupted (KeyboardInterrupt) at epoch {epoch} of "
+            f"{config.max_epochs}, after batch {batch} of {steps}; the estimator is fitted "
+            "with the network as trained so far." + (
+                "" if run.checkpoint is None else " Fit again to resume from the checkpoint "
+                f"{str(run.checkpoint.path)!r}."))
+    return fitted, messages
+
+
+@dataclass
+class Run:
+    """The parts of one fit in progress."""
+
+    config: FitConfig
+    data: CheckedInput
+    team: Team
+    checkpoint: FitCheckpoint        # or None
+    network: FittedNetwork
+    feeder: Feeder
+    generators: Generators
+    labels: torch.Tensor             # the self-labels, (n_heads, n_samples)
+    history: HistoryRecorder
+
+    def snapshot(self):
+        """Fitted attributes of the network as it stands (copies), for the fitted
+        estimators that scikit-learn callbacks may ask for."""
+        network = replace(self.network, backbone=copy.deepcopy(self.network.backbone).eval(),
+                          heads=copy.deepcopy(self.network.heads).eval())
+        return self.fitted(network, first_head_labels(network, self.feeder)).attributes()
+
+    def fitted(self, network, labels, **results):
+        """The fitted model of ``network`` with first-head ``labels`` and ``results``."""
+        return FittedModel(network=network, labels=labels.cpu().numpy(),
+                           n_features_in=self.data.n_features_in,
+                           feature_names_in=self.data.feature_names_in,
+                           device=str(self.feeder.device), **results)
+
+
+def _start(config, data, team, checkpoint, previous):
+    """A fit's network (restored from the checkpoint when it holds a fit), data feed,
+    generators and initial self-labels; ``previous`` is the estimator's network, if any."""
+    seeds = team.broadcast_(torch.as_tensor(fit_seeds(config.random_state),
+                                            dtype=torch.int64)).tolist()
+    init_gen = torch.Generator().manual_seed(seeds[0])
+    network = initial_network(config, data, init_gen, previous)
+    if checkpoint is not None and checkpoint.saved is not None:
+        network = checkpoint.restore_network(network)
+    check_fit_memory(config, data, network)
+    feeder = Feeder(data.source, network.scaling, config.device)
+    # Batch order and neighbour views alike in every process; augmentation alike too when
+    # it draws per sample (Trainer._augment gives each row its one-process draws), else
+    # each process's own.
+    generators = Generators(
+        views=torch.Generator(feeder.index_device).manual_seed(seeds[1]),
+        augment=torch.Generator(config.device).manual_seed(
+            seeds[2] + (0 if draws_per_sample(config.augment) else team.rank)))
+    labels = initial_labels(network.heads, data.n_samples, init_gen, config.device)
+    return Run(config=config, data=data, team=team, checkpoint=checkpoint, network=network,
+               feeder=feeder, generators=generators, labels=labels,
+               history=HistoryRecorder())
+
+
+def _train(run, events):
+    """The fitted model and the trainer's outcome."""
+    config, device = run.config, run.config.device
+    # Restore torch's global RNG afterwards in case a user module (e.g. Dropout) uses it.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        graph = (NeighborGraph.build(run.feeder, config.neighbor_features, config.n_neighbors,
+                                     run.team) if config.n_neighbors > 0 else None)
+        labeller = SelfLabeller(config.assigner, graph, config.diffusion_steps, run.team)
+        trainer = Trainer(run.network, config, labeller, run.generators, events, run.team,
+                          run.checkpoint)
+        if run.checkpoint is not None:
+            if run.checkpoint.saved is not None:
+                run.checkpoint.restore_training(trainer, run.labels, run.history)
+            run.checkpoint.follow(run.history, run.network)
+        with diverged_training(trainer, run.history, config):
+            outcome = trainer.run(run.feeder, run.labels)
+    network = replace(run.network, history=run.history.frame(run.network.history))
+    fitted = run.fitted(network, first_head_labels(network, run.feeder, run.team),
+                         self_labels=run.labels.cpu().numpy(), n_iter=outcome.epochs,
+                         cluster_sizes=labeller.sizes(config.n_clusters))
+    return fitted, outcome
+
+
+def initial_network(config, data, generator, previous=None):
+    """The network (on the training device), input scaling and history a fit starts from:
+    copies of ``previous`` for a warm start on samples of the same shape, new ones
+    otherwise."""
+    if (config.warm_start and previous is not None
+            and previous.sample_shape == data.sample_shape):
+        network = copy.deepcopy(previous)
+    else:
+        backbone, heads, width, n_out = build_network(
+            config.backbone, data.sample_shape, config.n_clusters, config.n_heads, generator)
+        network = FittedNetwork(backbone=backbone, heads=heads, head_width=width,
+                                n_features_out=n_out, scaling=InputScaling.fit(data.source),
+                                history=empty_history(), sample_shape=data.sample_shape)
+    network.backbone.to(config.device)
+    network.heads.to(config.device)
+    return network
+
+
+def fit_seeds(random_state):
+    """Three seeds for a fit: drawn from ``random_state``, or for None from fresh entropy
+    of the operating system, never from (nor advancing) numpy's global RNG."""
+    if random_state is None:
+        return np.random.default_rng().integers(0, 2**31 - 1, size=3)
+    return check_random_state(random_state).randint(0, 2**31 - 1, size=3)
+
+
+def initial_labels(heads, n_samples, generator, device):
+    """Balanced random labels (i mod K, permuted) per head, as in SeLa; the first
+    self-label step replaces them before any gradient step."""
+    return torch.stack([torch.randperm(n_samples, generator=generator) % head.out_features
+                        for head in heads]).to(device)
+
+
+def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps):
+    """The phases of a fit, each a list of :class:`Need` alive at once: building the
+    neighbour graph, then the self-label steps. The data are read where they are, batch
+    by batch: no copy of them is counted.
+
+    Parameters
+    ----------
+    n, d : int
+        Training samples and values per sample.
+    n_clusters, n_heads : int
+        Clusters per head and heads.
+    width : int
+        Width of the backbone's output (the heads' input).
+    n_neighbors, diffusion_steps : int
+        Resolved graph settings (0 neighbours: no graph, no diffusion).
+    """
+    resident = [Need("self-labels", n_heads * n * INT64, "n_heads")]
+    phases = []
+    if n_neighbors > 0:
+        phases.append(resident + knn_needs(n, d, n_neighbors))
+    phases.append(resident + label_step_needs(n, n_clusters, width, n_neighbors,
+                                              diffusion_steps))
+    return phases
+
+
+def check_fit_memory(config, data, network):
+    """Refuse, with a MemoryError that says why, a fit whose buffers do not fit its device;
+    run before the large allocations."""
+    d = math.prod(data.sample_shape)
+    if (isinstance(config.neighbor_features, str) and config.neighbor_features == "gradients"
+            and len(data.sample_shape) == 3):    # for tables the graph says what is wrong
+        d = gradient_histograms(torch.zeros((1, *data.sample_shape))).shape[1]
+    require(fit_phases(data.n_samples, d, config.n_clusters, config.n_heads,
+                       network.head_width, config.n_neighbors, config.diffusion_steps),
+            config.device, "SelfLabelClusterer.fit")
+
+
+@contextmanager
+def diverged_training(trainer, history, config):
+    """Turn non-finite network outputs met by a self-label step into a FloatingPointError
+    that says when it happened and what to try."""
+    try:
+        yield
+    except NonFiniteOutput as exc:
+        raise FloatingPointError(_divergence_message(exc, trainer, history, config)) from None
+
+
+def _divergence_message(exc, trainer, history, config):
+    counts = f"{exc.n_bad} NaN or inf values (out of {exc.n_values}) on the training data"
+    if trainer.step == 0:
+        return (f"The network's {exc.part} output holds {counts} before any training step: "
+                "it produces them from the start. Check the backbone (a division by zero, the "
+                "log of a non-positive number, an overflow) on inputs of this scale.")
+    epoch = (trainer.first_epoch
+             + min(trainer.step // config.steps_per_epoch, config.max_epochs - 1))
+    bad_loss = [r.epoch for r in history.records if not math.isfinite(r.loss)]
+    since = f"; the loss was first NaN or inf in epoch {bad_loss[0]}" if bad_loss else ""
+    return (f"Training diverged: the network's {exc.part} output holds {counts} at the "
+            f"self-label step of epoch {epoch}, after {trainer.step} gradient steps{since}. "
+            f"Lower lr (it is {config.lr:g} with optimizer={config.optimizer!r}), try "
+            "optimizer='adam', or check the backbone for operations that overflow.")

@@ -1,0 +1,213 @@
+"""The self-label step of SeLa: embed the training set, diffuse over the graph, and solve
+for sized labels head by head, on the training device (the user guide's "The self-label
+step")."""
+import warnings
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from .._runtime.interrupt import check_interrupt
+from .._runtime.memory import FLOAT32, Need
+from .._runtime.processes import SOLO
+from .._solver.rounding import rounding_needs
+from .._solver.sinkhorn import solver_needs
+from .graph import diffusion_needs, graph_needs
+from .inference import embed_shared
+
+# Early self-label steps, made by a network that has learned little, may give clusters
+# between 0 and 1 + EARLY_SIZE_TOLERANCE times their share; the allowance shrinks
+# linearly with training progress down to the assigner's own size_tolerance. Unequal early
+# labels that follow the data's neighbourhoods are part of how small-K fits find their
+# clusters (the user guide's "Many clusters" measures it), while an untrained network
+# with thousands of clusters would otherwise pile every sample into a few.
+EARLY_SIZE_TOLERANCE = 2.0
+
+
+class NonFiniteOutput(FloatingPointError):
+    """The network gave NaN or inf on the training data at a self-label step.
+
+    Raised instead of letting the solver blame its input ("scores contains NaN"): the
+    estimator adds when it happened and what to try (see ``fit.diverged_training``).
+
+    Attributes
+    ----------
+    part : str
+        ``"backbone"`` (its features) or ``"head h"`` (that head's logits).
+    n_bad, n_values : int
+        Non-finite values, and values in all, of that output.
+    """
+
+    def __init__(self, part, n_bad, n_values):
+        self.part, self.n_bad, self.n_values = part, n_bad, n_values
+        super().__init__(f"the network's {part} output holds {n_bad} NaN or inf values out "
+                         f"of {n_values} on the training data")
+
+
+def _check_finite(values, part):
+    n_bad = _count_non_finite(values)
+    if n_bad:
+        raise NonFiniteOutput(part, n_bad, values.numel())
+
+
+def _count_non_finite(values):
+    # A sum is finite when every value is, and far cheaper than an element-wise check;
+    # only an infinite sum needs the element-wise count, which also clears finite values
+    # so large that their sum overflowed.
+    if torch.isfinite(values.sum()):
+        return 0
+    return int((~torch.isfinite(values)).sum())
+
+
+class _Buffers:
+    """Reused storage: features (N, D), one head's logits (N, K), diffusion scratch."""
+
+    def __init__(self):
+        self._features = None
+        self._flat = {}
+
+    def features(self, n, d, device):
+        if self._features is None or self._features.shape != (n, d):
+            self._features = torch.empty((n, d), device=device)
+        return self._features
+
+    def matrix(self, name, n, k, device):
+        # One flat allocation sized for the widest head; each head uses a contiguous prefix.
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < n * k:
+            flat = self._flat[name] = torch.empty(n * k, device=device)
+        return flat[: n * k].view(n, k)
+
+
+class SelfLabeller:
+    """Recomputes the self-labels of every head in place.
+
+    Parameters
+    ----------
+    assigner : object with ``assign_tensor(scores, *, uniform, copy, min_size_tolerance)``
+        The balanced assignment step (see :meth:`SinkhornAssigner.assign_tensor`); the
+        first head uses the assigner's own cluster proportions, auxiliary heads equal ones
+        (``uniform=True``).
+    graph : NeighborGraph or None
+        Neighbour graph for diffusion.
+    diffusion_steps : int
+        Diffusion steps before each solve (0: none).
+    team : skselflabel._runtime.processes.Team, default=one process
+        The processes of a data-parallel fit, which share the embedding and the heads.
+    """
+
+    def __init__(self, assigner, graph, diffusion_steps, team=SOLO):
+        self.assigner = assigner
+        self.graph = graph
+        self.diffusion_steps = diffusion_steps if graph is not None else 0
+        self.team = team
+        self.buffers = _Buffers()
+        # Largest marginal error over the heads of the latest step (a host float: no sync).
+        self.last_error = float("nan")
+        # Proportions the first head was last solved for (they change with prior="auto").
+        self.proportions = None
+
+    @torch.no_grad()
+    def relabel_(self, backbone, heads, width, feeder, labels, events=None, progress=1.0):
+        """New labels of every head into ``labels`` (n_heads, N) for the samples of
+        ``feeder``; returns the fraction of labels that changed, averaged over heads, as a
+        float64 tensor on the device. ``events`` hears of each head as it starts;
+        ``progress`` (0 to 1) is how far training has got."""
+        backbone.eval()
+        heads.eval()
+        n, device = feeder.n_samples, feeder.device
+        features = embed_shared(backbone, feeder, width, self.team,
+                                out=self.buffers.features(n, width, device))
+        _check_finite(features, "backbone")
+        on_features = self.diffusion_steps > 0 and max(h.out_features for h in heads) > width
+        if on_features:
+            scratch = self.buffers.matrix("scratch", n, width, device)
+            self.graph.walk_(features, self.diffusion_steps, scratch)
+        new = torch.empty_like(labels)
+        # Per head: marginal error, non-finite logits, logits (each from the head's process).
+        report = torch.zeros((len(heads), 3), dtype=torch.float64)
+        for h in range(self.team.rank, len(heads), self.team.world):
+            check_interrupt()
+            if events is not None:
+                events.relabel(h, len(heads))
+            report[h] = self._assign(heads[h], h, features, on_features, progress, new[h])
+        self._share(new, report, heads[0].out_features)
+        self.last_error = max(0.0, float(report[:, 0].max()))
+        changed = torch.zeros((), dtype=torch.float64, device=device)
+        for h in range(len(heads)):
+            changed += (new[h] != labels[h]).float().mean().double()
+        labels.copy_(new)
+        return changed / len(heads)
+
+    def _assign(self, head, h, features, on_features, progress, out):
+        """Labels of head ``h`` into ``out``; returns its marginal error, its non-finite
+        logits and its logits (the solve is skipped when some are not finite)."""
+        n, device = features.shape[0], features.device
+        logits = self.buffers.matrix("logits", n, head.out_features, device)
+        torch.addmm(head.bias, features, head.weight.T, out=logits)
+        n_bad = _count_non_finite(logits)
+        if n_bad:
+            return torch.tensor([0.0, n_bad, logits.numel()], dtype=torch.float64)
+        if self.diffusion_steps > 0 and not on_features:
+            scratch = self.buffers.matrix("scratch", n, head.out_features, device)
+            self.graph.diffuse_(logits, self.diffusion_steps, scratch)
+        with warnings.catch_warnings():
+            # A step that stops short of tol still gives sized labels; its error is
+            # reported in history_ (label_error) instead of a warning per step.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = self.assigner.assign_tensor(
+                logits, uniform=h > 0, copy=False, previous_prior=self.proportions
+                if h == 0 else None,
+                min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
+        if h == 0 and getattr(result, "prior", None) is not None:
+            self.proportions = result.prior
+        out.copy_(result.labels)
+        error = float(getattr(result, "marginal_error", 0))
+        return torch.tensor([error, 0.0, logits.numel()], dtype=torch.float64)
+
+    def _share(self, new, report, n_clusters):
+        """Every head's labels and report, and the first head's proportions, in every
+        process (each head came from one), or the same NonFiniteOutput in all of them."""
+        self.team.sum_(report)
+        bad = torch.nonzero(report[:, 1]).flatten()
+        if len(bad):
+            h = int(bad[0])
+            raise NonFiniteOutput(f"head {h}", int(report[h, 1]), int(report[h, 2]))
+        for h in range(new.shape[0]):
+            self.team.broadcast_(new[h], src=h % self.team.world)
+        # The first head is the leader's: its proportions (prior="auto") go to the others.
+        if self.team.world > 1 and self.team.any_process(self.team.leader and
+                                                 self.proportions is not None):
+            proportions = (torch.as_tensor(self.proportions, dtype=torch.float64)
+                           if self.team.leader else torch.empty(n_clusters,
+                                                                dtype=torch.float64))
+            self.proportions = self.team.broadcast_(proportions.to(new.device).clone())
+
+    def state(self):
+        """What a checkpoint keeps of the labeller: the latest step's error and the first
+        head's proportions (``prior="auto"`` starts each estimate from them)."""
+        return {"label_error": self.last_error,
+                "proportions": (None if self.proportions is None
+                                else torch.as_tensor(self.proportions).cpu())}
+
+    def restore(self, state):
+        """Continue from :meth:`state`."""
+        self.last_error = state["label_error"]
+        self.proportions = state["proportions"]
+
+    def sizes(self, n_clusters):
+        """The proportions of the first head's last solve (equal if none was reported)."""
+        if self.proportions is None:
+            return np.full(n_clusters, 1.0 / n_clusters)
+        return np.asarray(torch.as_tensor(self.proportions).cpu(), dtype=np.float64)
+
+
+def label_step_needs(n, n_clusters, width, n_neighbors, diffusion_steps):
+    """What a self-label step on ``n`` samples allocates: the graph it walks, the features,
+    one head's logits at a time, the diffusion scratch, a solve and the sizing of labels."""
+    needs = graph_needs(n, n_neighbors) + [
+        Need("features", n * width * FLOAT32, "n_samples"),
+        Need("logits of one head", n * n_clusters * FLOAT32, "n_clusters or n_samples")]
+    if n_neighbors > 0 and diffusion_steps > 0:
+        needs += diffusion_needs(n, min(n_clusters, width), n_neighbors)
+    return needs + solver_needs(n, n_clusters) + rounding_needs(n)

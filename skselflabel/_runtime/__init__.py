@@ -1,0 +1,1 @@
+"""The machinery under a fit: processes and devices, threads, Ctrl-C, memory, checkpoint files."""

@@ -1,0 +1,130 @@
+"""The neighbour graph: exact k-NN search, the neighbour space, neighbour views, diffusion."""
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from skselflabel._fit.graph import NeighborGraph, nearest_neighbors, neighbor_points
+from feeding import feeder_of
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_nearest_neighbors_match_sklearn():
+    rng = np.random.RandomState(0)
+    X = rng.randn(300, 5).astype(np.float32)
+    ours = nearest_neighbors(torch.from_numpy(X), 4, batch_size=64).numpy()
+    ref = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(X, return_distance=False)[:, 1:]
+    assert (np.sort(ours, 1) == np.sort(ref, 1)).mean() > 0.99
+    assert not (ours == np.arange(300)[:, None]).any()
+
+
+def test_nearest_neighbors_project_wide_inputs():
+    rng = np.random.RandomState(0)
+    centers = rng.randn(3, 100) * 10
+    X = np.repeat(centers, 20, axis=0) + rng.randn(60, 100)
+    idx = nearest_neighbors(torch.from_numpy(X).float(), 5, max_dim=8).numpy()
+    assert (idx // 20 == np.arange(60)[:, None] // 20).all()
+
+
+
+
+def test_neighbor_points_spaces():
+    X_t = torch.rand(70, 1, 8, 8, generator=_gen())
+    torch.testing.assert_close(neighbor_points(feeder_of(X_t), "input"), X_t.flatten(1))
+    hog = neighbor_points(feeder_of(X_t), "gradients")          # 81 wide: projected on 64
+    assert hog.shape == (70, 64)
+    torch.testing.assert_close(hog.mean(0), torch.zeros(64), atol=1e-5, rtol=0)
+    emb = neighbor_points(feeder_of(X_t), lambda x: x.flatten(1)[:, :3].double())
+    assert emb.dtype == torch.float32 and emb.shape == (70, 3)
+    given = neighbor_points(feeder_of(X_t), np.ones((70, 2)))
+    assert given.shape == (70, 2)
+
+
+def test_wide_spaces_project_the_same_in_memory_and_streamed(monkeypatch):
+    import skselflabel._fit.graph as graph_module
+
+    X_t = torch.rand(300, 1, 16, 16, generator=_gen(1))
+    in_memory = neighbor_points(feeder_of(X_t), "gradients")
+    monkeypatch.setattr(graph_module, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr("skselflabel._data.sources.READ_ROWS", 64)
+    streamed = neighbor_points(feeder_of(X_t), "gradients")
+    # Same principal axes up to sign: the same distances.
+    torch.testing.assert_close(torch.cdist(in_memory, in_memory), torch.cdist(streamed, streamed),
+                               atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("features, match", [
+    ("gradients", "needs images"),
+    (lambda x: x[:1], r"tensor for a batch of 2 samples"),
+    (lambda x: x * float("inf"), "NaN or inf"),
+])
+def test_neighbor_points_errors(features, match):
+    with pytest.raises(ValueError, match=match):
+        neighbor_points(feeder_of(torch.ones(5, 3)), features)
+
+
+def test_views_pick_neighbours_with_the_given_probability():
+    indices = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    graph = NeighborGraph(indices)
+    idx = torch.tensor([0, 1, 2] * 400)
+    always = graph.views(idx, 1.0, _gen())
+    assert (always != idx).all() and (indices[idx] == always[:, None]).any(1).all()
+    assert torch.equal(graph.views(idx, 0.0, _gen()), idx)
+    half = graph.views(idx, 0.5, _gen())
+    assert 0.4 < (half != idx).float().mean() < 0.6
+    assert torch.equal(half, graph.views(idx, 0.5, _gen()))      # the generator decides
+
+
+def test_diffusion_is_a_lazy_random_walk_in_chunks():
+    g = _gen(3)
+    values = torch.randn(50, 3, generator=g) * 3
+    indices = nearest_neighbors(torch.randn(50, 2, generator=g), 5)
+    graph = NeighborGraph(indices)
+    expected = values.clone()
+    for _ in range(3):
+        expected = (expected + expected[indices].mean(1)) / 2
+    out = values.clone()
+    scratch = torch.empty_like(out)
+    # Chunks of 7 rows (uneven last one) give the same result as one pass.
+    result = graph.walk_(out, 3, scratch, chunk_elements=7 * 5 * 3)
+    assert result.data_ptr() == out.data_ptr()               # in place
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_build_uses_the_chosen_space():
+    X_t = torch.zeros(40, 2)
+    X_t[20:, 0] = 10.0
+    X_t += torch.randn(40, 2, generator=_gen()) * 0.1
+    # In a space that puts the halves the other way round, neighbours follow that space.
+    parity = (torch.arange(40) % 2).float()[:, None].numpy()
+    swapped = NeighborGraph.build(feeder_of(X_t), parity, 3)
+    assert ((swapped.indices % 2) == (torch.arange(40) % 2)[:, None]).all()
+    plain = NeighborGraph.build(feeder_of(X_t), "input", 3)
+    assert ((plain.indices >= 20) == (torch.arange(40) >= 20)[:, None]).all()
+
+
+def test_probability_diffusion_is_the_walk_of_the_softmax():
+    g = _gen(4)
+    logits = torch.randn(50, 3, generator=g) * 3
+    graph = NeighborGraph(nearest_neighbors(torch.randn(50, 2, generator=g), 5))
+    p = torch.softmax(logits, 1)
+    for _ in range(3):
+        p = (p + p[graph.indices].mean(1)) / 2
+    out = logits.clone()
+    graph.diffuse_(out, 3, torch.empty_like(out), chunk_elements=7 * 5 * 3)
+    torch.testing.assert_close(out, p.clamp_min(1e-8).log(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_a_process_searches_the_neighbours_of_its_rows_among_all(method):
+    if method == "faiss":
+        pytest.importorskip("faiss", reason="faiss (the 'faiss' extra) is not installed")
+    points = torch.randn(300, 6, generator=_gen())
+    whole = nearest_neighbors(points, 5, batch_size=64, method=method)
+    parts = [nearest_neighbors(points, 5, batch_size=64, method=method, rows=rows)
+             for rows in [(0, 101), (101, 300)]]
+    assert torch.equal(torch.cat(parts), whole)
+    assert not (parts[1] == torch.arange(101, 300)[:, None]).any()

@@ -1,0 +1,119 @@
+"""Checkpoint files: complete or absent, refused with a clear error when not usable, never
+able to run code when read."""
+import hashlib
+import io
+import os
+import pickle
+
+import pytest
+import torch
+
+from skselflabel._runtime.checkpoint_file import (FRAME, MAGIC, CheckpointError, checkpoint_path,
+                                     read_checkpoint, remove_checkpoint, write_checkpoint)
+
+
+def _payload():
+    return {"weights": torch.arange(1000, dtype=torch.float32), "epoch": 3,
+            "history": [[1, 0.5, float("nan")]], "name": "fit", "pair": (1, 2.0)}
+
+
+def _read(path):
+    return read_checkpoint(path.read_bytes(), path)
+
+
+def test_a_written_checkpoint_reads_back(tmp_path):
+    path = tmp_path / "fit.ckpt"
+    write_checkpoint(path, _payload())
+    back = _read(path)
+    assert torch.equal(back["weights"], _payload()["weights"])
+    assert back["epoch"] == 3 and back["name"] == "fit" and back["pair"] == (1, 2.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]      # no temporary left
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "fit.ckpt"
+    write_checkpoint(path, _payload())
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_checkpoint(path, {"weights": torch.zeros(3)})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]
+
+
+@pytest.mark.parametrize("keep", [0, 10, FRAME.size, FRAME.size + 100, -1])
+def test_a_truncated_file_is_refused_as_incomplete(tmp_path, keep):
+    path = tmp_path / "fit.ckpt"
+    write_checkpoint(path, _payload())
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    with pytest.raises(CheckpointError, match="is incomplete"):
+        _read(path)
+
+
+def test_a_changed_byte_is_refused_as_corrupted(tmp_path):
+    # torch's own reader would load the changed tensor without a word (tested here too).
+    path = tmp_path / "fit.ckpt"
+    write_checkpoint(path, _payload())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    changed = torch.load(io.BytesIO(bytes(data[FRAME.size:])), weights_only=True)
+    assert not torch.equal(changed["weights"], _payload()["weights"])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is corrupted"):
+        _read(path)
+
+
+def test_other_files_are_not_checkpoints(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(_payload(), path)            # a plain torch file
+    with pytest.raises(CheckpointError, match="not a skselflabel checkpoint"):
+        _read(path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_checkpoint_crafted_to_run_code_does_not_run_it(tmp_path):
+    marker = tmp_path / "code-ran"
+    payload = io.BytesIO()
+    torch.save({"weights": torch.zeros(2), "trap": _RunsCode(marker)}, payload)
+    # Framed as a real checkpoint, with a correct checksum (which is no signature).
+    data = payload.getvalue()
+    path = tmp_path / "fit.ckpt"
+    path.write_bytes(FRAME.pack(MAGIC, len(data), hashlib.sha256(data).digest()) + data)
+    with pytest.raises(CheckpointError, match="could run code") as err:
+        _read(path)
+    assert "mkdir" in str(err.value)                 # names what it refused
+    assert not marker.exists()
+    # The same bytes unpickled without weights_only would run it: the trap is real.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(io.BytesIO(data), weights_only=True)
+    torch.load(io.BytesIO(data), weights_only=False)
+    assert marker.exists()
+
+
+def test_the_path_must_be_a_file_in_an_existing_folder(tmp_path):
+    assert checkpoint_path(str(tmp_path / "a.ckpt")) == tmp_path / "a.ckpt"
+    with pytest.raises(ValueError, match="is a folder"):
+        checkpoint_path(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        checkpoint_path(tmp_path / "missing" / "a.ckpt")
+
+
+def test_removing_deletes_the_file_and_a_temporary_a_killed_writer_left(tmp_path):
+    path = tmp_path / "fit.ckpt"
+    write_checkpoint(path, _payload())
+    (tmp_path / ".fit.ckpt.tmp").write_bytes(b"partial")
+    remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
+    remove_checkpoint(path)                          # nothing there: no error

@@ -1,0 +1,77 @@
+"""The scaling iterations: compiled and pure-torch sweeps, absorption, the problem object."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from skselflabel import sinkhorn_knopp
+from skselflabel._solver import iterations
+from skselflabel._solver.row_blocks import RowBlocks
+from solver_cases import head_logits, marginal_error, peaked, plan
+
+
+def test_compiled_sweep_is_built():
+    # setup.py builds it wherever a C compiler exists (it does in every dev install); without
+    # it the solver silently falls back to the slower pure-torch sweep.
+    assert iterations._fused is not None, (
+        "skselflabel._solver._fused is missing: reinstall with a C compiler (pip install -e .)")
+
+
+@pytest.mark.parametrize("case", ["skewed", "peaked", "prior", "float64"])
+def test_compiled_and_torch_sweeps_agree(case, monkeypatch, small_warmup):
+    rng = np.random.default_rng(11)
+    z, prior, lam = head_logits(4_000, 150, seed=12), None, 25.0
+    if case == "peaked":
+        z, lam = peaked(4_000, 150, 50.0, 13), 100.0
+    elif case == "prior":
+        prior = rng.dirichlet(np.ones(150))
+    elif case == "float64":          # float64 kernels always take the torch sweep
+        z = z.astype(np.float64)
+    fused = sinkhorn_knopp(z, lam=lam, prior=prior, tol=1e-4, max_iter=5000)
+    monkeypatch.setattr(iterations, "_fused", None)
+    plain = sinkhorn_knopp(z, lam=lam, prior=prior, tol=1e-4, max_iter=5000)
+    assert fused.converged and plain.converged
+    assert np.mean(fused.labels == plain.labels) > 0.999
+    # log_v is defined up to a constant (log_u takes the opposite one): compare it centred.
+    np.testing.assert_allclose(fused.log_v - fused.log_v.mean(),
+                               plain.log_v - plain.log_v.mean(), atol=1e-3)
+    # Rebuilt in float64 from the scores: float32 rounding of lam * z (up to 5e3 here) adds
+    # a few 1e-4 to the 1e-4 the solver reached on its float32 kernel.
+    assert marginal_error(plan(z, fused, lam), prior) <= 1e-3
+    assert abs(fused.n_iter - plain.n_iter) <= max(2, plain.n_iter // 10)
+
+
+def test_frequent_absorption_keeps_the_solution(monkeypatch, small_warmup):
+    # Absorb after nearly every iteration: copy=True rebuilds the kernel exactly from the
+    # scores; copy=False multiplies the scalings into the kernel in place.
+    z = head_logits(4_000, 200, seed=9, scale=4.0)
+    ref = sinkhorn_knopp(z, lam=25.0, tol=1e-3)
+    calls = []
+    absorb = iterations.absorb_in_place
+    monkeypatch.setattr(iterations, "absorb_in_place", lambda *a: calls.append(1) or absorb(*a))
+    monkeypatch.setattr(iterations, "ABSORB", 0.05)
+    exact = sinkhorn_knopp(z, lam=25.0, tol=1e-3)
+    assert calls == [] and exact.converged
+    assert marginal_error(plan(z, exact, 25.0)) <= 1.1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)    # the drift bound is conservative
+        inplace = sinkhorn_knopp(z.copy(), lam=25.0, tol=1e-3, copy=False)
+    assert len(calls) > 10 and inplace.converged
+    for res in (exact, inplace):
+        assert np.mean(res.labels == ref.labels) > 0.999
+    assert marginal_error(plan(z, inplace, 25.0)) <= 1.1e-3
+
+
+def test_problem_stages_share_everything_but_what_changes():
+    rows = RowBlocks(100, 10, torch.device("cpu"), 2)
+    try:
+        problem = iterations.Problem(lam=25.0, log_p=torch.zeros(3), r=0.01, tol=1e-3, rows=rows)
+        stage = problem.stage(lam=12.5, tol=1e-2)
+        assert (stage.lam, stage.tol, problem.lam, problem.tol) == (12.5, 1e-2, 25.0, 1e-3)
+        assert stage.rows is rows and stage.log_p is problem.log_p and stage.r == 0.01
+        # Row ranges cover every row once, in order.
+        covered = [i for lo, hi in rows.ranges for i in range(lo, hi)]
+        assert covered == list(range(100))
+    finally:
+        rows.close()
