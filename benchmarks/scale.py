@@ -78,13 +78,12 @@ def peak_rss_bytes():
 
 def phase_timer():
     """Wall time of the fit's phases, by wrapping the parts that do them."""
-    from skselflabel._fit import fit as _fitting
-    from skselflabel._fit import training as _training
+    from skselflabel._fit import fit, training
 
     phases = {"graph": 0.0, "label_updates": 0.0, "final_labelling": 0.0}
-    build = _fitting.NeighborGraph.build.__func__
-    relabel = _training.Trainer._relabel
-    logits = _fitting.first_head_labels
+    build = fit.NeighborGraph.build.__func__
+    relabel = training.Trainer._relabel
+    logits = fit.first_head_labels
 
     def timed(name, fn):
         def run(*args, **kwargs):
@@ -95,9 +94,9 @@ def phase_timer():
                 phases[name] += time.perf_counter() - tic
         return run
 
-    _fitting.NeighborGraph.build = classmethod(timed("graph", build))
-    _training.Trainer._relabel = timed("label_updates", relabel)
-    _fitting.first_head_labels = timed("final_labelling", logits)
+    fit.NeighborGraph.build = classmethod(timed("graph", build))
+    training.Trainer._relabel = timed("label_updates", relabel)
+    fit.first_head_labels = timed("final_labelling", logits)
     return phases
 
 

@@ -41,7 +41,7 @@ from _report import machine_description, write_section  # noqa: E402
 from sinkhorn_float64 import balanced_logits, reference_labels  # noqa: E402
 
 from skselflabel import sinkhorn_knopp  # noqa: E402
-from skselflabel._solver import iterations as _scaling  # noqa: E402
+from skselflabel._solver import iterations  # noqa: E402
 
 try:
     import ot
@@ -164,13 +164,13 @@ def bench_size(N, K, repeats, with_pot):
     floor = N * K * 4 / bw
     per_iter = seconds_per_iteration(z, res.log_v)
     row.update(bw=bw, floor=floor, per_iter=per_iter)
-    if _scaling._fused is not None:
+    if iterations._fused is not None:
         # The same, with the pure-torch sweep that runs where the C kernel is not built.
-        fused, _scaling._fused = _scaling._fused, None
+        fused, iterations._fused = iterations._fused, None
         try:
             row["per_iter_torch"] = seconds_per_iteration(z, res.log_v)
         finally:
-            _scaling._fused = fused
+            iterations._fused = fused
 
     if with_pot and ot is not None:
         (pot_labels, pot_iter, pot_err), pot_s, pot_mem = measure(lambda: pot_solve(z, LAM,
@@ -226,7 +226,7 @@ def main(argv=None):
         f"Command: `python benchmarks/sinkhorn.py{' --quick' if args.quick else ''}` "
         f"(or `make bench`). Machine: {machine_description()}; torch "
         f"{torch.__version__}, threads {torch.get_num_threads()}; compiled sweep "
-        f"(`skselflabel._solver._fused`): {'yes' if _scaling._fused is not None else 'not built'}; "
+        f"(`skselflabel._solver._fused`): {'yes' if iterations._fused is not None else 'not built'}; "
         f"1-minute load average at the start {load:.1f}. Logits: "
         "`balanced_logits(N, K)` from ../shared/reference, lam = 25. Read the ratios "
         "(measured side by side in one process) rather than the absolute seconds.",

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, write_section  # noqa: E402
 
 from skselflabel import sinkhorn_knopp  # noqa: E402
-from skselflabel._solver import iterations as _scaling  # noqa: E402
+from skselflabel._solver import iterations  # noqa: E402
 
 
 def available_gib():
@@ -76,7 +76,7 @@ def main(argv=None):
         f"Command: `python benchmarks/sinkhorn_scale.py`. Machine: {machine_description()}, "
         f"{free:.1f} GiB available and 1-minute load average {load:.1f} at the start; "
         f"torch threads {torch.get_num_threads()}; compiled sweep (`skselflabel._solver._fused`): "
-        f"{'yes' if _scaling._fused is not None else 'not built'}.",
+        f"{'yes' if iterations._fused is not None else 'not built'}.",
         "",
         "| N x K | input | solve seconds | iterations | marginal error | converged "
         "| peak RSS (input included) | cluster sizes min / max (target) |",

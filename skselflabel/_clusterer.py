@@ -170,10 +170,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         as :class:`torch.nn.SyncBatchNorm` does, so the processes take the one-process
         steps; False lets each process normalise its own share of the batch
         (DistributedDataParallel's default), which saves two collectives per layer and
-        step. In two CPU processes a Fashion-MNIST training epoch ran 0.97 times as fast
-        as one process with True and 1.63 times with False (``benchmarks/distributed.py``);
-        on digits images (64 samples per process) False clustered worse (ACC 0.867 and
-        0.893 against 0.962 and 0.988 at random_state 0 and 1).
+        step, and can cluster worse when the shares are small. The benchmarks page and the
+        page on several GPUs measure both.
 
     Attributes
     ----------

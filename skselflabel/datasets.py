@@ -1,15 +1,5 @@
-"""Image data sets for trying self-labelling: Fashion-MNIST from local IDX files, digits.
-
-Nothing here downloads. Fashion-MNIST is read from IDX files already on disk, looked up in
-this order:
-
-1. the ``data_home`` argument;
-2. the directory named by the environment variable ``SKSELFLABEL_FASHION_MNIST_HOME``;
-3. ``/usr/share/datasets/fashion-mnist``, where Debian's and Ubuntu's package
-   ``dataset-fashion-mnist`` installs them (``apt-get install dataset-fashion-mnist``).
-
-The first directory that holds every file the requested split needs is used.
-"""
+"""Image data sets for trying self-labelling: Fashion-MNIST from local IDX files (nothing
+downloads), and scikit-learn's digits as images."""
 import os
 from pathlib import Path
 

@@ -1,12 +1,5 @@
-"""The main job: cluster scikit-learn's digits with ``SelfLabelClusterer`` and its defaults.
-
-Run with ``python -m skselflabel.demo`` (or ``make demo``). It fits, in one run,
-``SelfLabelClusterer(n_clusters=10, random_state=0)`` with every other parameter at its
-default on the 64-column digits table (scaled to [0, 1]) and on the 8x8 images, beside
-KMeans and Ward agglomerative clustering; prints ACC / NMI / ARI and seconds for each; and
-saves a PNG grid per input form, one row per cluster showing its twelve images nearest the
-cluster's centre in the learned representation (``cluster_examples``).
-"""
+"""The main job (``python -m skselflabel.demo``, ``make demo``): ``SelfLabelClusterer`` with
+its defaults on scikit-learn's digits, table and images, beside KMeans and Ward."""
 import argparse
 import sys
 import time

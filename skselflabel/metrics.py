@@ -1,8 +1,5 @@
-"""Clustering metrics: accuracy under the best cluster-to-class matching.
-
-``cluster_accuracy`` is the ACC reported by deep-clustering papers. NMI and ARI are
-re-exported from scikit-learn so that one import gives the usual trio.
-"""
+"""Clustering metrics: ``cluster_accuracy`` (the ACC of deep-clustering papers) under the
+best cluster-to-class matching, with scikit-learn's NMI and ARI re-exported beside it."""
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score

@@ -1,11 +1,5 @@
-"""Figures for looking at self-labelled clusters: image grids, training curves, confusion.
-
-matplotlib is an optional dependency (the ``plot`` extra: ``pip install skselflabel[plot]``).
-It is imported only when a function here is called, so ``import skselflabel`` works without
-it. Every function builds a :class:`matplotlib.figure.Figure` without going through pyplot's
-global figure list (nothing to close, safe in loops and threads) and returns it: save it
-with ``fig.savefig(...)``; in Jupyter a returned figure is displayed.
-"""
+"""Figures for looking at self-labelled clusters: image grids, training curves, confusion
+(matplotlib, the ``plot`` extra, imported only when a function is called)."""
 import numpy as np
 from sklearn.utils import check_random_state
 

@@ -1,10 +1,5 @@
-"""Batch augmentations run as tensor operations on the training device.
-
-Every transform here takes a whole batch and a ``torch.Generator`` (on the batch's device)
-and draws all its randomness from that generator in a few vectorised calls: no per-sample
-Python loop, no PIL, no host round trip. Inputs are already centred and scaled by the
-estimator, so "zero" means "average intensity".
-"""
+"""Batch augmentations: whole batches transformed on the training device, every random draw
+from the generator they are given, in a few vectorised calls."""
 import inspect
 import math
 

@@ -1,11 +1,5 @@
-"""What enters the network: input checking, input scaling and the device policy.
-
-Checking never changes the estimator: for ``fit`` it runs scikit-learn's ``validate_data``
-on a shallow stand-in, so that ``n_features_in_`` and ``feature_names_in_`` are only set
-when the fit commits (:class:`CheckedInput` carries them there). Checking never copies an
-array either: it keeps its dtype (uint8 images stay uint8) and a memory map stays one;
-:mod:`skselflabel._data.sources` reads it batch by batch.
-"""
+"""Input checks: the samples ``fit`` and inference accept, checked without changing the
+estimator or copying the data, and the distinct rows that limit the usable clusters."""
 import copy
 from dataclasses import dataclass
 import warnings

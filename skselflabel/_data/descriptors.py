@@ -1,12 +1,5 @@
-"""Gradient-orientation histograms of images: the space where image neighbours are found.
-
-The neighbour graph of :class:`~skselflabel.SelfLabelClusterer` decides which samples are
-pulled into the same cluster (neighbour views, diffusion of the self-label
-probabilities). Nearest neighbours in pixel space confuse images that differ by a shift
-or by contrast; histograms of gradient orientations pooled over small cells (the idea of
-HOG, Dalal and Triggs 2005) do much less so (the user guide's "Views and the neighbour
-graph" has the measurements).
-"""
+"""Gradient-orientation histograms of images: the space where image neighbours are found
+(the user guide's "Views and the neighbour graph")."""
 import math
 
 import torch

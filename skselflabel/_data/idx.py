@@ -1,13 +1,5 @@
-"""Reading and writing IDX files, the array format of MNIST and Fashion-MNIST.
-
-An IDX file is a 4-byte magic number, one big-endian ``int32`` per dimension, then the values
-in C order. The magic number is two zero bytes, a type code and the number of dimensions::
-
-    0x00 0x00 <type> <ndim>
-
-Only the unsigned-byte type (code ``0x08``) is used by the image data sets, so it is the
-only one written here; reading also accepts the other documented types.
-"""
+"""Reading and writing IDX files, the array format of MNIST and Fashion-MNIST: a magic number
+``0x00 0x00 <type> <ndim>``, one big-endian ``int32`` per dimension, then the values."""
 import gzip
 import math
 import struct

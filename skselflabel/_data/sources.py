@@ -1,13 +1,5 @@
-"""Where the samples come from, and how they reach the network: one batch at a time.
-
-A fit never holds a float32 copy of the whole data set. Samples stay where the user keeps
-them, in their own dtype: a numpy array or memory map (:class:`ArraySource`; uint8 images
-stay uint8) or a torch ``Dataset`` (:class:`DatasetSource`, read by a ``DataLoader``).
-:class:`Feeder` reads batches of them, converts them to float32, scales them and moves
-them to the device. On the CPU, an array is read through a torch view of its own memory;
-on a GPU it is copied there once, in its own dtype, when it takes at most a quarter of
-the free device memory, and streamed batch by batch otherwise.
-"""
+"""Sample sources: arrays, memory maps and torch Datasets read where they are, in their own
+dtype, and fed to the network as scaled float32 batches on the device."""
 import warnings
 
 import numpy as np

@@ -1,13 +1,6 @@
-"""Backbones: the shared networks whose output feeds the self-labelling heads.
-
-``MLP`` serves tables, ``SmallCNN`` serves small images. :func:`resolve_backbone` turns the
-estimator's ``backbone`` parameter ("auto", "mlp", "cnn", an ``nn.Module``, or a callable
-building one from the input shape) into a fresh module and its output width.
-
-Parameters are initialised from an explicit ``torch.Generator``: ``nn.Linear`` and
-``nn.Conv2d`` draw their default initialisation from torch's global RNG, which the
-estimator must neither depend on nor disturb.
-"""
+"""Backbones: the shared networks whose output feeds the heads (``MLP`` for tables,
+``SmallCNN`` for small images), built from the ``backbone`` parameter and initialised from
+an explicit generator."""
 import copy
 import math
 

@@ -1,20 +1,5 @@
-"""Checkpoint files: always complete on disk, and read back without running code.
-
-A checkpoint is a dict of tensors and plain values (numbers, strings, lists, dicts),
-serialised by ``torch.save`` and framed as
-
-    magic (16 bytes) | payload length (8 bytes, little-endian) | SHA-256 of the payload | payload
-
-It is written to a temporary file in the same folder, flushed and fsynced, then renamed
-over the previous checkpoint (and the folder fsynced), so that a process killed at any
-moment (SIGKILL, a preempted job, a power cut) leaves the previous checkpoint or the new
-one, never a mixture. Reading checks the frame first: a truncated file, a file whose bytes
-changed (torch's own format does not notice a changed byte in tensor data) and a file that
-is not a checkpoint are each refused with a :class:`CheckpointError` that says which. The
-payload is then loaded with ``torch.load(weights_only=True)``, which builds tensors and
-plain values only: a crafted file cannot make loading run code (the checksum is no
-signature; refusing code is the loader's job).
-"""
+"""Checkpoint files: framed, checksummed and replaced atomically, so that they are always
+complete on disk, and read back without running code."""
 import hashlib
 import io
 import os

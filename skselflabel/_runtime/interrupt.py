@@ -1,16 +1,5 @@
-"""Ctrl-C during ``fit``: a flag that long steps check, so that training stops promptly.
-
-During training the first Ctrl-C does not raise where it lands (that could be anywhere,
-half-way through an optimiser step); it sets a flag. The trainer checks the flag after
-every batch, and the slow parts of a self-label step check it too, through
-:func:`check_interrupt`: between inference batches, diffusion steps, heads and solver
-iterations. A second Ctrl-C raises at once.
-
-Under data-parallel training the processes must stop at the same batch (a process that
-stopped alone would leave the others waiting in a collective), so the flag is *deferred*:
-:func:`check_interrupt` never raises, and the trainer stops when, after a batch, any
-process's flag is set (:func:`interrupt_requested`, agreed through the team).
-"""
+"""Ctrl-C during ``fit``: a flag that training and the slow steps check, so that a fit
+stops promptly at a safe place (deferred to an agreed batch under data-parallel training)."""
 from contextvars import ContextVar
 import signal
 import threading

@@ -164,7 +164,7 @@ class DistributedTeam(Team):
 
     def wrap(self, module):
         # Buffers are not broadcast from rank 0 at every forward: BatchNorm statistics come
-        # from the whole batch (_shared_norm), so they stay equal, and the trainer syncs
+        # from the whole batch (shared_norm), so they stay equal, and the trainer syncs
         # buffers once before each self-label step, for user modules' own buffers. The
         # graph is the same at every step, which lets DDP find parameters that a user's
         # backbone leaves unused once, in the first step, instead of at every step.

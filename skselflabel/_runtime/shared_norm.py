@@ -1,19 +1,5 @@
-"""BatchNorm over the whole batch of a data-parallel fit, on any device.
-
-In a data-parallel fit each process holds a share of every batch. With
-``sync_batch_norm=True`` (the default) every BatchNorm layer of the network uses the mean
-and variance of the whole batch during training, so that the processes together take the
-step one process would take: each process sums its share's statistics, the sums are
-all-reduced, and the backward pass all-reduces the two sums that the gradient of the
-statistics needs (the scheme of ``torch.nn.SyncBatchNorm``, which runs on CUDA only). The
-layers keep their class and parameters: :func:`shared_batch_norm` replaces their
-``forward`` for the length of training only, so the fitted modules are plain modules
-again afterwards.
-
-On the CPU the element-wise work runs in BatchNorm's own fused kernels and in buffers kept
-from step to step; with fresh temporaries and ``torch.var_mean`` it took twice as long as
-a plain BatchNorm layer, and a two-process epoch was no faster than one process.
-"""
+"""BatchNorm over the whole batch of a data-parallel fit, on any device: each process's
+statistics summed over the team, for the length of training only."""
 from contextlib import contextmanager
 import types
 
@@ -25,8 +11,7 @@ class _Scratch:
     """Two buffers the size of a layer's input, kept from one training step to the next.
 
     The statistics and their gradient need temporaries as large as the activations; on the
-    CPU a fresh buffer of many megabytes costs page faults on every step, which made the
-    first BatchNorm of the image network twice as slow as torch's fused kernel and a
+    CPU a fresh buffer of many megabytes costs page faults on every step, enough to make a
     data-parallel epoch slower than one process. Reused buffers cost nothing after the
     first step. (The buffers only live inside one forward or one backward call, so a layer
     called twice in a step may share them.)

@@ -1,16 +1,5 @@
-"""How many CPU threads torch uses for our own work, set per thread and never process-wide.
-
-``torch.set_num_threads`` looks thread-safe but is not: besides the calling thread's OpenMP
-setting it writes a process-wide default that every thread reads at its *first* torch call.
-A thread that happens to start using torch while a call of ours has lowered that default
-stays at the lowered count for the rest of the process. Here the calling thread's own
-OpenMP setting is changed instead (``omp_set_num_threads`` acts on the calling thread only),
-through threadpoolctl, which finds the OpenMP runtime torch loaded. Where that runtime
-cannot be found the functions fall back to ``torch.set_num_threads``.
-
-:func:`uses_n_jobs` applies an estimator's ``n_jobs`` (scikit-learn's convention, resolved
-by :func:`effective_threads`) to the calling thread for the length of one method call.
-"""
+"""CPU threads: torch's thread count set for the calling thread only, never process-wide,
+and ``n_jobs`` applied for the length of an estimator's call."""
 from contextlib import contextmanager
 import functools
 import threading

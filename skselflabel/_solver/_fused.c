@@ -8,16 +8,16 @@
  *
  * Both products use the row while it is in the L1 cache, so the matrix is read from memory
  * once per sweep; this is what makes a Sinkhorn iteration run at the memory-bandwidth floor.
- * With two BLAS matrix-vector calls per cache block (the pure-torch path in _sinkhorn.py) the
+ * With two BLAS matrix-vector calls per cache block (the pure-torch path in iterations.py) the
  * second read comes from L2 and each call pays dispatch costs, about twice the floor.
  *
  * The column sums are accumulated in float32 over FLUSH_ROWS rows and then added to a float64
  * vector, so rounding does not grow with the number of rows.
  *
- * The function releases the GIL: _sinkhorn.py calls it from several Python threads, one
+ * The function releases the GIL: iterations.py calls it from several Python threads, one
  * contiguous row range each, and adds their float64 vectors.
  *
- * The caller guarantees (checked in _sinkhorn.py): W, v and u are contiguous float32 CPU
+ * The caller guarantees (checked in iterations.py): W, v and u are contiguous float32 CPU
  * buffers, acc a contiguous float64 buffer of length K, 0 <= lo <= hi <= rows of W, and the
  * buffers stay alive for the call. The addresses are passed as integers (tensor.data_ptr()).
  */
@@ -106,7 +106,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fused",
-    "Compiled fused Sinkhorn sweep for the CPU (private; see skselflabel/_sinkhorn.py).", -1,
+    "Compiled fused Sinkhorn sweep for the CPU (private; see skselflabel/_solver/iterations.py).", -1,
     methods,
 };
 

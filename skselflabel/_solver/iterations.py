@@ -98,8 +98,8 @@ def make_kernel(problem, D, W, g, row_max=None):
             e = min(hi, s + block)
             w = W[s:e]
             m = exponent(D[s:e], None if row_max is None else row_max[s:e, None], w)
-            # exp of arguments below float32's normal range is ~15x slower and gives
-            # denormals: clamp, then flush the floor to an exact zero.
+            # exp of arguments below float32's normal range is slow and gives denormals:
+            # clamp, then flush the floor to an exact zero.
             w.clamp_min_(EXP_MIN).exp_()
             torch.nn.functional.threshold_(w, ZERO_BELOW, 0.0)
             a[s:e] = m.squeeze(1)

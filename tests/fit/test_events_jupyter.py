@@ -10,7 +10,7 @@ pytest.importorskip("tqdm")
 import tqdm.notebook  # noqa: E402
 import tqdm.std  # noqa: E402
 
-from skselflabel._fit import events as _progress  # noqa: E402
+from skselflabel._fit import events  # noqa: E402
 
 
 @pytest.fixture
@@ -34,17 +34,17 @@ def _ipywidgets(monkeypatch, installed):
 
 def test_text_bar_outside_jupyter(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "IPython", raising=False)
-    assert not _progress._in_jupyter_kernel()
-    assert _progress.tqdm_class() is tqdm.std.tqdm
+    assert not events._in_jupyter_kernel()
+    assert events.tqdm_class() is tqdm.std.tqdm
 
 
 def test_text_bar_without_warning_in_jupyter_without_ipywidgets(in_kernel, monkeypatch):
     _ipywidgets(monkeypatch, installed=False)
-    assert _progress._in_jupyter_kernel()
-    assert _progress.tqdm_class() is tqdm.std.tqdm
+    assert events._in_jupyter_kernel()
+    assert events.tqdm_class() is tqdm.std.tqdm
     with warnings.catch_warnings():
         warnings.simplefilter("error")            # tqdm.auto would warn here
-        bar = _progress.make_progress(2, 3)
+        bar = events.make_progress(2, 3)
         bar.step(1)
         bar.note({"self-labelling": "head 1/1"})
         bar.epoch(1, {"loss": "1.0"})
@@ -53,4 +53,4 @@ def test_text_bar_without_warning_in_jupyter_without_ipywidgets(in_kernel, monke
 
 def test_widget_bar_in_jupyter_with_ipywidgets(in_kernel, monkeypatch):
     _ipywidgets(monkeypatch, installed=True)
-    assert _progress.tqdm_class() is tqdm.notebook.tqdm
+    assert events.tqdm_class() is tqdm.notebook.tqdm

@@ -6,7 +6,7 @@ from skselflabel import SelfLabelClusterer
 from skselflabel._fit.fit import fit_phases
 from skselflabel._fit.inference import score_needs
 from skselflabel._runtime.memory import ENV, peak
-from skselflabel._solver import sinkhorn as _sinkhorn
+from skselflabel._solver import sinkhorn
 from skselflabel._solver.sinkhorn import solver_needs
 
 
@@ -45,7 +45,7 @@ def test_shrinking_the_warm_up_shrinks_its_memory_estimate(monkeypatch):
 
     before = warm_up(fit_phases(100_000, 64, 100, 1, 128, 10, 5))
     assert before == 2 * (4_000_000 // 100) * 100 * 4
-    monkeypatch.setattr(_sinkhorn, "_WARMUP_ELEMENTS", 100_000)
+    monkeypatch.setattr(sinkhorn, "_WARMUP_ELEMENTS", 100_000)
     assert warm_up(fit_phases(100_000, 64, 100, 1, 128, 10, 5)) == 2 * 1000 * 100 * 4
     assert warm_up([solver_needs(100_000, 100)]) == 2 * 1000 * 100 * 4
     assert warm_up([score_needs(100_000, 100, 128)]) == 2 * 1000 * 100 * 4

@@ -12,8 +12,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
-from skselflabel._fit import resume as _resume
 from skselflabel._data.augment import resolve_augment
+from skselflabel._fit import resume
 from skselflabel._runtime.checkpoint_file import CheckpointError, read_checkpoint
 
 needs_main_thread = pytest.mark.skipif(
@@ -113,7 +113,7 @@ def test_a_crash_resumes_from_the_last_checkpoint(images, uninterrupted, tmp_pat
                                                   monkeypatch):
     # Every self-label step writes one (as on long epochs): the crash, in the middle of
     # epoch 2, finds a checkpoint in the middle of the epoch.
-    monkeypatch.setattr(_resume, "LABEL_UPDATE_SECONDS", 0.0)
+    monkeypatch.setattr(resume, "LABEL_UPDATE_SECONDS", 0.0)
     path = tmp_path / "fit.ckpt"
     with pytest.raises(RuntimeError, match="went down"):
         _fit(images, augment=Trap(at=12, action="crash"), checkpoint=path)
@@ -126,7 +126,7 @@ def test_a_crash_resumes_from_the_last_checkpoint(images, uninterrupted, tmp_pat
 
 def test_estimated_cluster_proportions_resume_too(images, tmp_path, monkeypatch):
     # prior="auto" starts each step's estimate from the previous step's proportions.
-    monkeypatch.setattr(_resume, "LABEL_UPDATE_SECONDS", 0.0)
+    monkeypatch.setattr(resume, "LABEL_UPDATE_SECONDS", 0.0)
     params = dict(assigner=SinkhornAssigner(lam=10.0, tol=0.01, prior="auto"),
                   n_label_updates=6)
     reference, _ = _fit(images, augment=Trap(), **params)
@@ -204,7 +204,7 @@ def test_the_checkpoint_folder_must_exist(tmp_path):
 
 
 def test_fingerprints_describe_values_by_what_they_are():
-    describe = _resume.describe
+    describe = resume.describe
     assert describe(np.int64(3)) == describe(3) == "3"
     assert describe(None) == "None" and describe("auto") == "'auto'"
     assert describe(np.random.RandomState(0)) == "a RandomState instance"

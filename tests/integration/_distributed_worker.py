@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from skselflabel import sinkhorn_knopp
-from skselflabel._solver import sinkhorn as _sinkhorn
+from skselflabel._solver import sinkhorn
 
 N, K, SPLIT, LAM = 6_000, 50, 2_000, 10.0
 
@@ -29,7 +29,7 @@ def main(out):
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     # Rank 0 (2,000 rows) solves its whole share in the warm-up; rank 1 (4,000) would not.
-    _sinkhorn._WARMUP_ELEMENTS = 2_500 * K
+    sinkhorn._WARMUP_ELEMENTS = 2_500 * K
     z = scores()
     rows = z[:SPLIT] if rank == 0 else z[SPLIT:]
     res = sinkhorn_knopp(rows, lam=LAM, tol=1e-5, reduce_fn=dist.all_reduce, n_total=N)

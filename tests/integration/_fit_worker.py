@@ -28,12 +28,12 @@ import torch.distributed as dist
 from sklearn.datasets import load_digits
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
-from skselflabel._fit import resume as _resume
-from skselflabel._runtime.processes import join_team
-from skselflabel._fit.graph import NeighborGraph
 from skselflabel._data.input_scaling import InputScaling
-from skselflabel._runtime.shared_norm import shared_batch_norm
 from skselflabel._data.sources import ArraySource, Feeder
+from skselflabel._fit import resume
+from skselflabel._fit.graph import NeighborGraph
+from skselflabel._runtime.processes import join_team
+from skselflabel._runtime.shared_norm import shared_batch_norm
 
 CHECKPOINT_EPOCHS = 4
 
@@ -103,7 +103,7 @@ def main(mode, out, checkpoint=None):
         est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=5,
                                  sync_batch_norm=False)
     else:
-        _resume.LABEL_UPDATE_SECONDS = 0.0
+        resume.LABEL_UPDATE_SECONDS = 0.0
         # The default assigner with prior="auto", whose proportions carry over steps.
         auto = SinkhornAssigner(lam=10.0, tol=0.01, size_tolerance=0.5, prior="auto")
         # Ten self-label steps per epoch (the default caps them at three), each writing a

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from skselflabel import SelfLabelClusterer
-from skselflabel._runtime import processes as _distributed
+from skselflabel._runtime import processes
 from skselflabel._runtime.processes import (SOLO, inference_device, join_team, leader_warnings,
                                             process_device, training_device)
 
@@ -28,7 +28,7 @@ def test_one_process_is_the_whole_team():
 
 @pytest.mark.parametrize("n, world", [(7, 2), (10, 3), (1797, 4), (5, 5)])
 def test_shards_and_shares_cover_the_rows_once(n, world):
-    bounds = [_distributed._bounds(n, rank, world) for rank in range(world)]
+    bounds = [processes._bounds(n, rank, world) for rank in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     sizes = [stop - start for start, stop in bounds]
@@ -37,7 +37,7 @@ def test_shards_and_shares_cover_the_rows_once(n, world):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 def test_no_process_group_is_started_without_torchrun(monkeypatch):
-    for name in _distributed.TORCHRUN_VARIABLES:
+    for name in processes.TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert join_team(torch.device("cpu")) is SOLO and not dist.is_initialized()
     # torchrun with one process: still one process, no group.
@@ -50,7 +50,7 @@ def test_no_process_group_is_started_without_torchrun(monkeypatch):
 
 
 def test_warnings_come_from_the_leader_only(recwarn):
-    class Follower(_distributed.Team):
+    class Follower(processes.Team):
         rank, world = 1, 2
 
     import warnings

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from skselflabel import sinkhorn_knopp
-from skselflabel._solver import sinkhorn as _sinkhorn
-from skselflabel._runtime import threads as _threads
-from skselflabel._runtime.threads import effective_threads, limit_own_threads, own_threads, uses_n_jobs
+from skselflabel._runtime import threads
+from skselflabel._runtime.threads import (effective_threads, limit_own_threads, own_threads,
+                                          uses_n_jobs)
+from skselflabel._solver import sinkhorn
 
 
 def _in_new_thread(fn):
@@ -44,14 +45,14 @@ def test_limit_own_threads_in_a_worker():
 def test_a_solve_leaves_other_threads_alone(monkeypatch):
     default = torch.get_num_threads()
     seen = {}
-    finish = _sinkhorn.finish
+    finish = sinkhorn.finish
 
     def probing_finish(*args, **kwargs):
         seen["inside"] = torch.get_num_threads()
         seen["other"] = _in_new_thread(torch.get_num_threads)
         return finish(*args, **kwargs)
 
-    monkeypatch.setattr(_sinkhorn, "finish", probing_finish)
+    monkeypatch.setattr(sinkhorn, "finish", probing_finish)
     z = np.random.default_rng(0).standard_normal((4000, 50)).astype(np.float32)
     sinkhorn_knopp(z, lam=5.0)
     assert seen == {"inside": 1, "other": default}
@@ -80,7 +81,7 @@ def test_own_threads_restores_every_openmp_runtime_to_its_own_count(monkeypatch)
             self.num_threads = n
 
     runtimes = [FakeRuntime(torch.get_num_threads()), FakeRuntime(7)]
-    monkeypatch.setattr(_threads, "_openmp", runtimes)
+    monkeypatch.setattr(threads, "_openmp", runtimes)
     with own_threads(torch.get_num_threads() + 1):
         assert [r.num_threads for r in runtimes] == [torch.get_num_threads() + 1] * 2
     assert [r.num_threads for r in runtimes][1] == 7

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from sklearn.exceptions import ConvergenceWarning
 
 from skselflabel import sinkhorn_knopp
-from skselflabel._solver import sinkhorn as _sinkhorn
+from skselflabel._solver import sinkhorn
 from solver_cases import head_logits, marginal_error, peaked, plan
 
 
@@ -84,8 +84,8 @@ def test_exactly_tied_one_hot_scores_converge(lam, monkeypatch, small_warmup):
     z = np.zeros((N, K), np.float32)
     z[np.arange(N), home] = 50.0
     calls = []
-    anneal = _sinkhorn.anneal
-    monkeypatch.setattr(_sinkhorn, "anneal", lambda *a, **k: calls.append(1) or anneal(*a, **k))
+    anneal = sinkhorn.anneal
+    monkeypatch.setattr(sinkhorn, "anneal", lambda *a, **k: calls.append(1) or anneal(*a, **k))
     res = sinkhorn_knopp(z, lam=lam, tol=1e-2, max_iter=5000)
     assert len(calls) == 2                       # the subsample, then the full matrix
     assert res.converged and res.n_iter <= 5000
@@ -397,8 +397,8 @@ def test_read_only_memory_map_is_never_written(tmp_path):
         import sys, warnings
         import numpy as np, torch
         from skselflabel import sinkhorn_knopp
-        from skselflabel._solver import sinkhorn as _sinkhorn
-        _sinkhorn._WARMUP_ELEMENTS = 100_000     # so that 3,000 x 100 takes the in-place path
+        from skselflabel._solver import sinkhorn
+        sinkhorn._WARMUP_ELEMENTS = 100_000     # so that 3,000 x 100 takes the in-place path
         path = sys.argv[1]
         z = np.random.default_rng(0).standard_normal((3000, 100)).astype(np.float32)
         np.save(path, z)
