@@ -1,6 +1,6 @@
 """skselflabel: SeLa self-labelling for scikit-learn and PyTorch."""
 from ._version import __version__
-from ._solver.sinkhorn import SinkhornResult, sinkhorn_knopp
+from ._solver import SinkhornResult, sinkhorn_knopp
 from ._assigner import SinkhornAssigner
 from ._clusterer import SelfLabelClusterer
 from . import metrics

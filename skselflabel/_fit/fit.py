@@ -54,12 +54,12 @@ def fit_model(estimator, X, y):
     if outcome.interrupted is None and run.checkpoint is not None:
         run.checkpoint.remove()            # the fit is complete: nothing to resume
     messages = []
-    if outcome.interrupted is not None and team.leader:
-        epoch, batch, steps = outcome.interrupted
+    stop = outcome.interrupted
+    if stop is not None and team.leader:
         messages.append(
-            f"fit was interrupted (KeyboardInterrupt) at epoch {epoch} of "
-            f"{config.max_epochs}, after batch {batch} of {steps}; the estimator is fitted "
-            "with the network as trained so far." + (
+            f"fit was interrupted (KeyboardInterrupt) at epoch {stop.epoch} of "
+            f"{config.max_epochs}, after batch {stop.batch} of {stop.steps_per_epoch}; the "
+            "estimator is fitted with the network as trained so far." + (
                 "" if run.checkpoint is None else " Fit again to resume from the checkpoint "
                 f"{str(run.checkpoint.path)!r}."))
     return fitted, messages

@@ -123,6 +123,8 @@ class SelfLabeller:
         if on_features:
             scratch = self.buffers.matrix("scratch", n, width, device)
             self.graph.walk_(features, self.diffusion_steps, scratch)
+        # Into ``labels`` only once every head has its labels: a Ctrl-C half-way through
+        # the step leaves them as they were.
         new = torch.empty_like(labels)
         # Per head: marginal error, non-finite logits, logits (each from the head's process).
         report = torch.zeros((len(heads), 3), dtype=torch.float64)

@@ -4,6 +4,7 @@ handed to the checkpoint (the user guide's "The label schedule")."""
 from dataclasses import dataclass
 import math
 import time
+from typing import NamedTuple
 import warnings
 
 import numpy as np
@@ -86,13 +87,21 @@ class Network(nn.Module):
         return [head(features) for head in self.heads]
 
 
+class Interruption(NamedTuple):
+    """Where a Ctrl-C stopped training: after ``batch`` of ``steps_per_epoch`` in ``epoch``."""
+
+    epoch: int
+    batch: int
+    steps_per_epoch: int
+
+
 @dataclass
 class TrainOutcome:
     """Where training ended: ``epochs`` run (the last one partial when interrupted), and
-    ``interrupted`` as ``(epoch, batch, steps_per_epoch)`` after a Ctrl-C, else None."""
+    the :class:`Interruption` after a Ctrl-C, else None."""
 
     epochs: int
-    interrupted: tuple = None
+    interrupted: Interruption = None
 
 
 @dataclass
@@ -179,7 +188,8 @@ class Trainer:
         except KeyboardInterrupt:
             if not self.stop_agreed and self.team.world > 1:
                 raise     # a second Ctrl-C in one process: no agreed place to stop at
-            interrupted, status = (self.epoch, self.batch, cfg.steps_per_epoch), "interrupted"
+            interrupted = Interruption(self.epoch, self.batch, cfg.steps_per_epoch)
+            status = "interrupted"
             self._save()                    # before the partial epoch is closed
             if self.loss_sum is not None:
                 self._end_epoch()           # the partial epoch: history_ matches n_iter_
