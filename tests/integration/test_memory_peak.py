@@ -18,7 +18,7 @@ def test_fit_estimate_matches_the_measured_peak():
         from skselflabel import SelfLabelClusterer
         from skselflabel._fit.config import resolve_config
         from skselflabel._fit.fit import fit_phases
-        from skselflabel._runtime.memory import peak
+        from skselflabel._runtime import memory
 
         def rss():
             with open("/proc/self/statm") as f:
@@ -39,8 +39,8 @@ def test_fit_estimate_matches_the_measured_peak():
         done.set()
         thread.join()
         cfg = resolve_config(est.get_params(deep=False), 20000, (16,))
-        total = peak(fit_phases(20000, 16, 2000, 1, est._head_width, cfg.n_neighbors,
-                                cfg.diffusion_steps))[0]
+        total = memory.peak(fit_phases(20000, 16, 2000, 1, est._head_width,
+                                       cfg.n_neighbors, cfg.diffusion_steps))[0]
         print(total / (peak[0] - base))
     """)
     if not os.path.exists("/proc/self/statm"):
