@@ -40,8 +40,8 @@ from torch import nn
 from skselflabel import SelfLabelClusterer, sinkhorn_knopp
 from skselflabel._data.augment import resolve_augment
 from skselflabel._fit.backbones import SmallCNN, init_parameters_
-from skselflabel._fit.schedule import label_update_steps
 from skselflabel._fit.graph import nearest_neighbors
+from skselflabel._fit.training import label_update_steps
 from skselflabel.datasets import load_digits_images, load_fashion_mnist
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
