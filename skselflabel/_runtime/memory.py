@@ -1,20 +1,21 @@
 """Memory: what a step will allocate (:class:`Need`, estimated by the step's own module) held
-against what the device has, before the step allocates it (:func:`require`); the user
-guide's "Memory" section says what "available" means and how to override it."""
+against the tightest limit of the device (:mod:`.limits`), before the step allocates it
+(:func:`require`); the "Memory" section of docs/errors.md says which limits count."""
 from dataclasses import dataclass
-import os
-import re
 
 import torch
 
-ENV = "SKSELFLABEL_MEMORY_LIMIT"
+from . import limits
+from .limits import ENV, fmt, parse_size  # noqa: F401  (their home is limits)
 
 # Sizes of what is allocated.
 FLOAT32, FLOAT64, INT64 = 4, 8, 8
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30, "tib": 2**40}
+
+class OutOfMemory(MemoryError):
+    """A step would need more memory than its limits leave (:func:`require`), or ran out of
+    it (:mod:`skselflabel._runtime.allocation`); the message says which step, what it
+    needs, which limit applied and what lowers the peak."""
 
 
 @dataclass(frozen=True)
@@ -32,55 +33,20 @@ def peak(phases):
                key=lambda item: item[0])
 
 
-def parse_size(text):
-    """Bytes from ``"8GiB"``, ``"500 MB"``, ``"2e9"`` or ``"123456"`` (a ValueError else)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match and match.group(2).lower()
-    if not match or unit not in _UNITS:
-        raise ValueError(f"${ENV}={text!r} is not a size: use bytes or a number with a unit "
-                         "such as 8GiB or 500MB, or 'off' to turn the memory check off.")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def _mem_available():
-    """MemAvailable of /proc/meminfo in bytes, or None where there is no such file."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def available(device):
-    """``(bytes, source)``: memory free for new allocations on ``device``.
+    """``(bytes, source)``: memory free for new allocations on ``device`` under the tightest
+    of its limits (:func:`skselflabel._runtime.limits.tightest`).
 
-    ``bytes`` is None when it is unknown or the check is turned off; ``source`` says where
-    the number comes from (or why there is none).
+    ``bytes`` is None when it is unknown or the check is turned off; ``source`` names the
+    limit that applied (or says why there is none).
     """
-    limit = os.environ.get(ENV, "").strip()
-    if limit.lower() == "off":
+    found = limits.limits(device)
+    if found is None:
         return None, f"${ENV}=off"
-    if limit:
-        return parse_size(limit), f"${ENV}={limit}"
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free + cached, f"free memory of {device}"
-    if device.type == "cpu":
-        return _mem_available(), "MemAvailable in /proc/meminfo"
-    return None, f"unknown for {device.type}"
-
-
-def fmt(nbytes):
-    """``nbytes`` in the largest binary unit that keeps it at least 1 (``"2.4 GiB"``)."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= size:
-            return f"{nbytes / size:.1f} {unit}"
-    return f"{int(nbytes)} B"
+    if not found:
+        return None, f"unknown for {torch.device(device).type}"
+    limit = min(found, key=lambda limit: limit.nbytes)
+    return limit.nbytes, limit.source
 
 
 def require(phases, device, task):
@@ -99,8 +65,16 @@ def require(phases, device, task):
     room, source = available(device)
     if room is None or total <= room:
         return
-    # The largest parts of every phase that does not fit: lowering only the peak phase's
-    # would just move the error to the next one.
+    raise OutOfMemory(
+        f"{task} would need about {fmt(total)} of {torch.device(device).type} memory at its "
+        f"peak, but {fmt(room)} is available (the tightest limit: {source}). Largest parts: "
+        f"{largest_parts(phases, room)}. Lower the parameters named; or, if the limit is "
+        f"wrong, set the environment variable {ENV} to 'off' to skip this check.")
+
+
+def largest_parts(phases, room):
+    """The largest needs of every phase that does not fit in ``room`` bytes, with what
+    lowers them: lowering only the peak phase's would just move the error to the next one."""
     parts = {}
     for phase in phases:
         if sum(need.nbytes for need in phase) > room:
@@ -108,10 +82,5 @@ def require(phases, device, task):
                 if need.nbytes > parts.get(need.what, Need("", -1)).nbytes:
                     parts[need.what] = need
     largest = sorted(parts.values(), key=lambda need: -need.nbytes)[:5]
-    parts = "; ".join(f"{need.what} {fmt(need.nbytes)}"
-                      + (f" (lower: {need.lower})" if need.lower else "") for need in largest)
-    raise MemoryError(
-        f"{task} would need about {fmt(total)} of {torch.device(device).type} memory at its "
-        f"peak, but {fmt(room)} is available ({source}). Largest parts: {parts}. Lower the "
-        f"parameters named, or set the environment variable {ENV} to the memory the step "
-        f"may use (e.g. {ENV}=32GiB), or to 'off' to skip this check.")
+    return "; ".join(f"{need.what} {fmt(need.nbytes)}"
+                     + (f" (lower: {need.lower})" if need.lower else "") for need in largest)

@@ -44,7 +44,7 @@ def test_require_says_what_is_needed_what_there_is_and_what_lowers_it(monkeypatc
         require(phases, "cpu", "the task")
     message = str(err.value)
     for part in ("the task", "3.0 GiB", "2.0 GiB is available", f"${ENV}=2GiB",
-                 "b 3.0 GiB (lower: n_b)", "c 1.0 MiB", f"{ENV}=32GiB", "'off'"):
+                 "b 3.0 GiB (lower: n_b)", "c 1.0 MiB", f"{ENV} to 'off'"):
         assert part in message, part
     assert "a 1.0 GiB" not in message                   # its phase fits
     monkeypatch.setenv(ENV, "512MiB")
