@@ -28,11 +28,12 @@ def test_available_memory_and_the_override(monkeypatch):
     if os.path.exists("/proc/meminfo"):
         with open("/proc/meminfo") as f:
             listed = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable"))
-        assert source == "MemAvailable in /proc/meminfo"
-        assert abs(room - listed) < 2**30             # it moves a little between reads
+        # The tightest limit: MemAvailable, or a cgroup or resource limit below it
+        # (tests/runtime/test_limits.py checks each); it moves a little between reads.
+        assert room < listed + 2**30 and source
     assert available("meta") == (None, "unknown for meta")
-    monkeypatch.setenv(ENV, "3GiB")
-    assert available("cpu") == (3 * 2**30, f"${ENV}=3GiB")
+    monkeypatch.setenv(ENV, "3MiB")                 # below any real limit: it applies
+    assert available("cpu") == (3 * 2**20, f"${ENV}=3MiB")
     monkeypatch.setenv(ENV, "off")
     assert available("cpu")[0] is None
 
