@@ -18,8 +18,9 @@ from ._fit.events import CallbackSupportMixin
 from ._fit.exemplars import check_ranking, exemplars
 from ._fit.fit import fit_model
 from ._fit.inference import (balanced_log_likelihood, first_head_labels, first_head_logits,
-                             represent)
+                             prediction_needs, representation_needs, represent)
 from ._fit.state import FittedModelMixin, alias_moved_modules, commit
+from ._runtime.allocation import record, reports_memory_failures
 from ._runtime.threads import uses_n_jobs
 
 alias_moved_modules()       # pickles of the same state format, written before the folders
@@ -305,6 +306,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
     @uses_n_jobs
+    @reports_memory_failures
     def fit(self, X, y=None):
         """Train the network and self-label ``X``.
 
@@ -330,12 +332,18 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         return self
 
     # ------------------------------------------------------------------ inference
-    def _inference_input(self, X):
+    def _inference_input(self, X, needs=None):
+        """``X`` checked and fed to the fitted model's device; ``needs(n_samples)`` is the
+        memory the call will take (for the message of an allocation failure)."""
         check_is_fitted(self)
         source = check_predict_input(self, X, self.num_workers)
-        return Feeder(source, self._scaling, self.heads_[0].weight.device)
+        feeder = Feeder(source, self._scaling, self.heads_[0].weight.device)
+        if needs is not None:
+            record([needs(feeder.n_samples)], feeder.device)
+        return feeder
 
     @uses_n_jobs
+    @reports_memory_failures
     def predict(self, X):
         """Cluster of each sample: the argmax of the first head.
 
@@ -349,10 +357,12 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         labels : ndarray of shape (n_samples,), int64
             Cluster index in ``[0, n_clusters)``.
         """
-        return first_head_labels(self._fitted_network(),
-                                 self._inference_input(X)).cpu().numpy()
+        feeder = self._inference_input(
+            X, lambda n: prediction_needs(n, self._head_width))
+        return first_head_labels(self._fitted_network(), feeder).cpu().numpy()
 
     @uses_n_jobs
+    @reports_memory_failures
     def predict_proba(self, X):
         """Probability of each cluster under the first head (softmax of its logits).
 
@@ -366,10 +376,13 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         proba : ndarray of shape (n_samples, n_clusters), float32
             Rows sum to 1.
         """
-        logits = first_head_logits(self._fitted_network(), self._inference_input(X))
+        feeder = self._inference_input(
+            X, lambda n: prediction_needs(n, self._head_width, self.heads_[0].out_features))
+        logits = first_head_logits(self._fitted_network(), feeder)
         return torch.softmax(logits, 1).cpu().numpy()
 
     @uses_n_jobs
+    @reports_memory_failures
     def transform(self, X):
         """The backbone's learned representation of ``X``, for probes and other estimators.
 
@@ -387,10 +400,12 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         features : ndarray of shape (n_samples, n_features_out), float32
             Use it as input of a linear probe or any other estimator.
         """
-        feeder = self._inference_input(X)
+        feeder = self._inference_input(
+            X, lambda n: representation_needs(n, self._n_features_out))
         return represent(self.backbone_, feeder, self._n_features_out).cpu().numpy()
 
     @uses_n_jobs
+    @reports_memory_failures
     def score(self, X, y=None):
         r"""Negative SeLa objective on ``X``: higher is better.
 
@@ -418,6 +433,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
                                        checked_assigner(self.assigner, self.n_clusters))
 
     @uses_n_jobs
+    @reports_memory_failures
     def cluster_examples(self, X, n_examples=8, *, by="center"):
         """The most typical samples of each cluster, as indices into ``X``.
 

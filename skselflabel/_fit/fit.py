@@ -14,7 +14,8 @@ from .._data.checks import CheckedInput, check_cluster_count, check_fit_input
 from .._data.descriptors import gradient_histograms
 from .._data.input_scaling import InputScaling
 from .._data.sources import Feeder
-from .._runtime.memory import INT64, Need, require
+from .._runtime.allocation import memory_step, plan
+from .._runtime.memory import INT64, Need
 from .._runtime.processes import (Team, join_team, leader_warnings, process_device,
                                   training_device)
 from .backbones import build_network
@@ -123,8 +124,12 @@ def _train(run, events):
     config, device = run.config, run.config.device
     # Restore torch's global RNG afterwards in case a user module (e.g. Dropout) uses it.
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        graph = (NeighborGraph.build(run.feeder, config.neighbor_features, config.n_neighbors,
-                                     run.team) if config.n_neighbors > 0 else None)
+        graph = None
+        if config.n_neighbors > 0:
+            with memory_step("building the neighbour graph", lambda: knn_needs(
+                    run.data.n_samples, neighbor_width(config, run.data), config.n_neighbors)):
+                graph = NeighborGraph.build(run.feeder, config.neighbor_features,
+                                            config.n_neighbors, run.team)
         labeller = SelfLabeller(config.assigner, graph, config.diffusion_steps, run.team)
         trainer = Trainer(run.network, config, labeller, run.generators, events, run.team,
                           run.checkpoint)
@@ -202,13 +207,19 @@ def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps):
 def check_fit_memory(config, data, network):
     """Refuse, with a MemoryError that says why, a fit whose buffers do not fit its device;
     run before the large allocations."""
-    d = math.prod(data.sample_shape)
+    plan(fit_phases(data.n_samples, neighbor_width(config, data), config.n_clusters,
+                    config.n_heads, network.head_width, config.n_neighbors,
+                    config.diffusion_steps),
+         config.device, "SelfLabelClusterer.fit")
+
+
+def neighbor_width(config, data):
+    """Values per sample of the space the neighbour graph is searched in (before any
+    projection): the gradient histograms of images, else the samples' own."""
     if (isinstance(config.neighbor_features, str) and config.neighbor_features == "gradients"
             and len(data.sample_shape) == 3):    # for tables the graph says what is wrong
-        d = gradient_histograms(torch.zeros((1, *data.sample_shape))).shape[1]
-    require(fit_phases(data.n_samples, d, config.n_clusters, config.n_heads,
-                       network.head_width, config.n_neighbors, config.diffusion_steps),
-            config.device, "SelfLabelClusterer.fit")
+        return gradient_histograms(torch.zeros((1, *data.sample_shape))).shape[1]
+    return math.prod(data.sample_shape)
 
 
 @contextmanager

@@ -5,7 +5,8 @@ import warnings
 import torch
 
 from .._runtime.interrupt import check_interrupt
-from .._runtime.memory import FLOAT32, Need, require
+from .._runtime.allocation import memory_step, plan
+from .._runtime.memory import FLOAT32, INT64, Need
 from .._runtime.processes import SOLO
 from .._solver.sinkhorn import solver_needs
 
@@ -124,6 +125,21 @@ def score_needs(n, n_clusters, width):
             ] + solver_needs(n, n_clusters)
 
 
+def prediction_needs(n, width, n_clusters=0):
+    """What ``predict`` (``n_clusters=0``: labels) or ``predict_proba`` (logits and
+    probabilities of ``n_clusters``) on ``n`` samples allocates, besides the batches."""
+    needs = [Need("features", n * width * FLOAT32, "n_samples (predict X in parts)")]
+    if not n_clusters:
+        return needs + [Need("labels", n * INT64, "n_samples")]
+    return needs + [Need("logits and probabilities", 2 * n * n_clusters * FLOAT32,
+                         "n_samples (predict X in parts) or n_clusters")]
+
+
+def representation_needs(n, width):
+    """What ``transform`` on ``n`` samples allocates: the ``(n, width)`` representation."""
+    return [Need("representation", n * width * FLOAT32, "n_samples (transform X in parts)")]
+
+
 def balanced_log_likelihood(network, feeder, assigner):
     """Mean log-probability, under the first head, of the balanced labels of the feeder's
     samples.
@@ -135,14 +151,16 @@ def balanced_log_likelihood(network, feeder, assigner):
     """
     head, width = network.heads[0], network.head_width
     n, k = feeder.n_samples, head.out_features
-    require([score_needs(n, k, width)], feeder.device, "SelfLabelClusterer.score")
+    plan([score_needs(n, k, width)], feeder.device, "SelfLabelClusterer.score")
     with torch.no_grad():
-        features = embed(network.backbone, feeder, width)
-        logits = torch.empty((n, k), device=features.device)
-        log_norm = torch.empty(n, dtype=torch.float64, device=features.device)
-        for start, batch in head_batches(head, features):
-            logits[start:start + batch.shape[0]] = batch
-            log_norm[start:start + batch.shape[0]] = torch.logsumexp(batch.double(), 1)
+        with memory_step("embedding the samples"):
+            features = embed(network.backbone, feeder, width)
+        with memory_step("the first head's logits"):
+            logits = torch.empty((n, k), device=features.device)
+            log_norm = torch.empty(n, dtype=torch.float64, device=features.device)
+            for start, batch in head_batches(head, features):
+                logits[start:start + batch.shape[0]] = batch
+                log_norm[start:start + batch.shape[0]] = torch.logsumexp(batch.double(), 1)
         with warnings.catch_warnings():
             # A few samples cannot always meet the cluster sizes exactly; the labels are
             # still the best balanced guess, which is all the score needs.

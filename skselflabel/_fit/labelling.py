@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from .._runtime.allocation import memory_step
 from .._runtime.interrupt import check_interrupt
 from .._runtime.memory import FLOAT32, Need
 from .._runtime.processes import SOLO
@@ -115,14 +116,24 @@ class SelfLabeller:
         ``progress`` (0 to 1) is how far training has got."""
         backbone.eval()
         heads.eval()
+        with memory_step("the self-label step", lambda: label_step_needs(
+                feeder.n_samples, max(head.out_features for head in heads), width,
+                0 if self.graph is None else self.graph.indices.shape[1],
+                self.diffusion_steps)):
+            return self._relabel_heads(backbone, heads, width, feeder, labels, events,
+                                           progress)
+
+    def _relabel_heads(self, backbone, heads, width, feeder, labels, events, progress):
         n, device = feeder.n_samples, feeder.device
-        features = embed_shared(backbone, feeder, width, self.team,
-                                out=self.buffers.features(n, width, device))
+        with memory_step("embedding the training set"):
+            features = embed_shared(backbone, feeder, width, self.team,
+                                    out=self.buffers.features(n, width, device))
         _check_finite(features, "backbone")
         on_features = self.diffusion_steps > 0 and max(h.out_features for h in heads) > width
         if on_features:
-            scratch = self.buffers.matrix("scratch", n, width, device)
-            self.graph.walk_(features, self.diffusion_steps, scratch)
+            with memory_step("diffusing the features"):
+                scratch = self.buffers.matrix("scratch", n, width, device)
+                self.graph.walk_(features, self.diffusion_steps, scratch)
         # Into ``labels`` only once every head has its labels: a Ctrl-C half-way through
         # the step leaves them as they were.
         new = torch.empty_like(labels)
@@ -132,7 +143,8 @@ class SelfLabeller:
             check_interrupt()
             if events is not None:
                 events.relabel(h, len(heads))
-            report[h] = self._assign(heads[h], h, features, on_features, progress, new[h])
+            with memory_step(f"head {h} of {len(heads)}"):
+                report[h] = self._assign(heads[h], h, features, on_features, progress, new[h])
         self._share(new, report, heads[0].out_features)
         self.last_error = max(0.0, float(report[:, 0].max()))
         changed = torch.zeros((), dtype=torch.float64, device=device)
@@ -145,14 +157,16 @@ class SelfLabeller:
         """Labels of head ``h`` into ``out``; returns its marginal error, its non-finite
         logits and its logits (the solve is skipped when some are not finite)."""
         n, device = features.shape[0], features.device
-        logits = self.buffers.matrix("logits", n, head.out_features, device)
-        torch.addmm(head.bias, features, head.weight.T, out=logits)
+        with memory_step("its logits"):
+            logits = self.buffers.matrix("logits", n, head.out_features, device)
+            torch.addmm(head.bias, features, head.weight.T, out=logits)
         n_bad = _count_non_finite(logits)
         if n_bad:
             return torch.tensor([0.0, n_bad, logits.numel()], dtype=torch.float64)
         if self.diffusion_steps > 0 and not on_features:
-            scratch = self.buffers.matrix("scratch", n, head.out_features, device)
-            self.graph.diffuse_(logits, self.diffusion_steps, scratch)
+            with memory_step("diffusing its probabilities"):
+                scratch = self.buffers.matrix("scratch", n, head.out_features, device)
+                self.graph.diffuse_(logits, self.diffusion_steps, scratch)
         with warnings.catch_warnings():
             # A step that stops short of tol still gives sized labels; its error is
             # reported in history_ (label_error) instead of a warning per step.

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._data.augment import draws_per_sample
+from .._runtime.allocation import memory_step
 from .._runtime.interrupt import InterruptFlag, interrupt_requested
+from .._runtime.memory import FLOAT32, Need
 from .._runtime.processes import SOLO
 from .._runtime.shared_norm import shared_batch_norm
 from .events import EpochRecord
@@ -142,6 +144,7 @@ class Trainer:
                  checkpoint=None):
         self.backbone, self.heads = network.backbone, network.heads
         self.width, self.first_epoch = network.head_width, len(network.history) + 1
+        self.sample_values = math.prod(network.sample_shape)
         self.config, self.labeller, self.graph = config, labeller, labeller.graph
         self.events, self.team, self.checkpoint = events, team, checkpoint
         self.view_generator, self.augment_generator = generators.views, generators.augment
@@ -274,13 +277,26 @@ class Trainer:
                 if self.checkpoint is not None and self.checkpoint.due():
                     self._save()
                 self.network.train()
-            if cfg.augment is not None:
-                xb = self._augment(xb, batch_sizes[batch - 1])
-            self.loss_sum += self._step(xb, labels[:, idx.to(labels.device)])
+            with memory_step(self._where, self._batch_needs):
+                if cfg.augment is not None:
+                    xb = self._augment(xb, batch_sizes[batch - 1])
+                self.loss_sum += self._step(xb, labels[:, idx.to(labels.device)])
             self.step += 1
             self.epoch_steps += 1
             self.events.batch_end(self.step)
             yield batch
+
+    def _where(self):
+        return f"training batch {self.batch} of epoch {self.epoch}"
+
+    def _batch_needs(self):
+        """What a training step holds besides the backbone's activations (which depend on
+        the backbone): its inputs, the weights with their gradients and optimiser state."""
+        cfg = self.config
+        weights = sum(p.numel() for group in self.optimizer.param_groups
+                      for p in group["params"])
+        return training_needs(-(-cfg.batch_size // self.team.world), self.sample_values,
+                              weights, cfg.optimizer, cfg.augment is not None)
 
     def _augment(self, xb, batch_size):
         """This process's share ``xb`` of a batch of ``batch_size`` samples, augmented. With
@@ -340,3 +356,17 @@ class Trainer:
         self.labeller.restore(state)
         self.resume_at = {name: state[name] for name in ("epoch", "epoch_steps", "seconds",
                                                          "loss_sum")}
+
+
+# Values an optimiser keeps per weight: momentum for SGD, two moments for Adam and AdamW.
+OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}
+
+
+def training_needs(batch_rows, sample_values, n_weights, optimizer, augmented):
+    """What one gradient step allocates beyond the backbone's activations: the batch (and
+    its augmented copy), the weights, their gradients and the optimiser's state."""
+    return [Need("training batch", (1 + augmented) * batch_rows * sample_values * FLOAT32,
+                 "batch_size"),
+            Need("weights, gradients and optimiser state",
+                 (2 + OPTIMIZER_SLOTS[optimizer]) * n_weights * FLOAT32,
+                 "a smaller backbone, or n_clusters and n_heads")]

@@ -72,15 +72,16 @@ def require(phases, device, task):
         f"wrong, set the environment variable {ENV} to 'off' to skip this check.")
 
 
-def largest_parts(phases, room):
-    """The largest needs of every phase that does not fit in ``room`` bytes, with what
-    lowers them: lowering only the peak phase's would just move the error to the next one."""
+def largest_parts(phases, room, count=5):
+    """The ``count`` largest needs of every phase that does not fit in ``room`` bytes, with
+    what lowers them: lowering only the peak phase's would just move the error to the next
+    one."""
     parts = {}
     for phase in phases:
         if sum(need.nbytes for need in phase) > room:
             for need in phase:
                 if need.nbytes > parts.get(need.what, Need("", -1)).nbytes:
                     parts[need.what] = need
-    largest = sorted(parts.values(), key=lambda need: -need.nbytes)[:5]
+    largest = sorted(parts.values(), key=lambda need: -need.nbytes)[:count]
     return "; ".join(f"{need.what} {fmt(need.nbytes)}"
                      + (f" (lower: {need.lower})" if need.lower else "") for need in largest)

@@ -6,12 +6,13 @@ import math
 import numpy as np
 import torch
 
-from .._runtime.memory import FLOAT32, FLOAT64, Need, require
+from .._runtime.allocation import memory_call, memory_step, plan
+from .._runtime.memory import FLOAT32, FLOAT64, Need
 from .._runtime.threads import own_threads
 from .checks import (as_tensor, check_iterations, check_lam, check_shape, check_tolerance,
                      log_prior, needs_copy)
 from .iterations import Problem, anneal, finish, make_kernel, scaling_loop
-from .rounding import round_to_sizes, size_bounds
+from .rounding import round_to_sizes, rounding_needs, size_bounds
 from .row_blocks import RowBlocks, block_rows
 
 __all__ = ["SinkhornResult", "sinkhorn_knopp"]
@@ -242,6 +243,11 @@ def solve(scores, settings=SolverSettings()):
     :meth:`SinkhornAssigner.assign_tensor`): labels are never copied to the host.
     Returns a :class:`SinkhornResult` whose ``labels``, ``log_u`` and ``log_v`` are tensors.
     """
+    with memory_call("sinkhorn_knopp"):
+        return _solve(scores, settings)
+
+
+def _solve(scores, settings):
     lam = check_lam(settings.lam)
     size_tolerance = check_tolerance(settings.size_tolerance)
     if size_tolerance is not None and settings.reduce_fn is not None:
@@ -256,19 +262,24 @@ def solve(scores, settings=SolverSettings()):
     dtype = src.dtype if src.dtype in (torch.float32, torch.float64) else torch.float32
     copy = needs_copy(src, settings.copy, writeable, dtype)
     itemsize = torch.finfo(dtype).bits // 8
-    require([solver_needs(N, K, itemsize, copies=copy)], device, "sinkhorn_knopp")
+    needs = solver_needs(N, K, itemsize, copies=copy)
+    plan([needs], device, "sinkhorn_knopp")
     # Our row-block workers, and this thread, run torch ops one thread each (see RowBlocks).
     with torch.no_grad(), own_threads(1 if device.type == "cpu" else None) as n_threads:
         rows = RowBlocks(N, block_rows(K, itemsize, device), device, n_threads)
         problem = Problem(lam=lam, log_p=log_p, r=1.0 / n_total, tol=tol, rows=rows,
                           reduce_fn=settings.reduce_fn)
         try:
-            res, row_max = _solve_blocks(problem, src, max_iter, copy, settings.init_log_v,
-                                         dtype)
-            sol = finish(problem, res, row_max, max_iter, check_ties=size_tolerance is None)
+            with memory_step("the Sinkhorn-Knopp iterations", needs):
+                res, row_max = _solve_blocks(problem, src, max_iter, copy,
+                                             settings.init_log_v, dtype)
+                sol = finish(problem, res, row_max, max_iter,
+                             check_ties=size_tolerance is None)
             if size_tolerance is not None:
-                sol.labels = round_to_sizes(res.W, res.log_v.exp().to(res.W.dtype), sol.labels,
-                                            size_bounds(log_p.exp(), N, size_tolerance), rows)
+                with memory_step("rounding to cluster sizes", rounding_needs(N)):
+                    sol.labels = round_to_sizes(
+                        res.W, res.log_v.exp().to(res.W.dtype), sol.labels,
+                        size_bounds(log_p.exp(), N, size_tolerance), rows)
         finally:
             rows.close()
     return SinkhornResult(labels=sol.labels, log_u=sol.log_u, log_v=sol.log_v,
