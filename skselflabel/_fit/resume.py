@@ -16,8 +16,8 @@ import torch
 from sklearn.base import BaseEstimator
 
 from .._data.input_scaling import InputScaling
-from .._runtime.checkpoint_file import (CheckpointError, checkpoint_path, read_checkpoint,
-                                        remove_checkpoint, write_checkpoint)
+from .._runtime.checkpoint_file import (CheckpointError, check_writable, checkpoint_path,
+                                        read_checkpoint, remove_checkpoint, write_checkpoint)
 from .events import HISTORY_COLUMNS, EpochRecord, empty_history
 
 FORMAT, VERSION = "skselflabel SelfLabelClusterer fit", 1
@@ -130,12 +130,13 @@ class FitCheckpoint:
         self.saved = None               # the state read by load(), if the file had one
 
     def _read(self):
-        """The file's bytes or None, read by the leader and shared; the leader's errors
-        are raised in every process."""
+        """The file's bytes or None, read by the leader and shared, once the leader has found
+        that the path can be written; the leader's errors are raised in every process."""
         message = None
         if self.team.leader:
             try:
                 path = checkpoint_path(self.path)
+                check_writable(path)
                 message = b"F" + path.read_bytes() if path.exists() else b"N"
             except (OSError, ValueError) as exc:
                 message = b"E" + str(exc).encode()

@@ -1,5 +1,8 @@
 """Checkpoint files: framed, checksummed and replaced atomically, so that they are always
-complete on disk, and read back without running code."""
+complete on disk (a write that fails leaves the previous one), and read back without running
+code."""
+from contextlib import suppress
+import errno
 import hashlib
 import io
 import os
@@ -16,6 +19,11 @@ FRAME = struct.Struct("<16sQ32s")
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: incomplete, corrupted, not a checkpoint,
     holding more than tensors and plain values, or written by a different fit."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, an I/O error, no permission):
+    the previous one is intact, and no temporary file is left."""
 
 
 def checkpoint_path(checkpoint):
@@ -36,7 +44,8 @@ def _temporary(path):
 
 def write_checkpoint(path, payload):
     """Write ``payload`` to ``path`` atomically: whoever reads ``path`` at any moment, even
-    after a crash, finds the previous checkpoint or this one, complete."""
+    after a crash, finds the previous checkpoint or this one, complete. A write that fails
+    raises a :class:`CheckpointWriteError` naming the path and the cause."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getbuffer()
@@ -48,10 +57,38 @@ def write_checkpoint(path, payload):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+    except BaseException as exc:
+        with suppress(OSError):           # the cause, not a failing clean-up, is reported
+            temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointWriteError(exc.errno, (
+                f"The checkpoint {str(path)!r} could not be written: {_cause(exc)}. The "
+                "previous checkpoint there, if any, is intact: fitting again resumes from "
+                "it. Free space on its disk or pass another checkpoint path.")) from exc
         raise
     _sync_folder(path.parent)
+
+
+def check_writable(path):
+    """Refuse, with a ValueError naming the cause, a checkpoint ``path`` that cannot be
+    written: a fit finds out when it starts rather than at its first checkpoint."""
+    temporary = _temporary(path)
+    try:
+        with open(temporary, "wb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"checkpoint={str(path)!r} cannot be written: {_cause(exc)} "
+                         f"(creating {temporary.name!r} in its folder failed). Pass a path "
+                         "in a folder this process can write to.") from None
+    finally:
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
+def _cause(exc):
+    """An OSError in words, with its errno's name: ``No space left on device (ENOSPC)``."""
+    name = errno.errorcode.get(exc.errno)
+    return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
 
 
 def _sync_folder(folder):

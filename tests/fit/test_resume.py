@@ -1,6 +1,8 @@
-"""The checkpoint parameter: a fit that stops (Ctrl-C, a crash) and is fitted again resumes
-where it stopped and ends as an uninterrupted fit would; a checkpoint of another fit is
-refused, naming the difference. (Kill -9: tests/integration/test_kill_and_resume.py.)"""
+"""The checkpoint parameter: a fit that stops (Ctrl-C, a crash, a full disk) and is fitted
+again resumes where it stopped and ends as an uninterrupted fit would; a checkpoint of another
+fit, or one that cannot be written, is refused. (Kill -9:
+tests/integration/test_kill_and_resume.py.)"""
+import errno
 import os
 import signal
 import threading
@@ -14,7 +16,11 @@ from sklearn.datasets import load_digits
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
 from skselflabel._data.augment import resolve_augment
 from skselflabel._fit import resume
-from skselflabel._runtime.checkpoint_file import CheckpointError, read_checkpoint
+from skselflabel._fit.graph import NeighborGraph
+from skselflabel._runtime import checkpoint_file
+from skselflabel._runtime.checkpoint_file import (CheckpointError, CheckpointWriteError,
+                                                  read_checkpoint)
+from disk_faults import failing_open
 
 needs_main_thread = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
@@ -213,3 +219,38 @@ def test_fingerprints_describe_values_by_what_they_are():
     assert describe([1.0, 2.0]) != describe([1.0, 3.0])
     assert describe(np.sum) == "numpy.sum"
     assert describe(SinkhornAssigner(prior=[1, 2])) != describe(SinkhornAssigner(prior=[2, 1]))
+
+
+def test_a_checkpoint_write_that_fails_half_way_keeps_the_previous_one(
+        images, uninterrupted, tmp_path, monkeypatch):
+    # A full disk in the middle of the second write (the end of epoch 2): fit stops naming
+    # the file and the cause; the first checkpoint is intact, no temporary file is left,
+    # and fitting again resumes from it to the uninterrupted fit's end.
+    path = tmp_path / "fit.ckpt"
+    # Writes: 1, the check when fit starts; 2, the end of epoch 1; 3, the end of epoch 2.
+    monkeypatch.setattr(checkpoint_file, "open", failing_open(errno.ENOSPC, at=3),
+                        raising=False)
+    with pytest.raises(OSError, match=rf"The checkpoint '{path}' could not be written: No "
+                       r"space left on device \(ENOSPC\)") as err:
+        _fit(images, augment=Trap(), checkpoint=path)
+    assert isinstance(err.value, CheckpointWriteError) and err.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]
+    assert read_checkpoint(path.read_bytes(), path)["training"]["epoch"] == 2
+    resumed, said = _fit(images, augment=Trap(), checkpoint=path)
+    assert any("resumes from the checkpoint" in m and "epoch 2" in m for m in said), said
+    _assert_same_fit(resumed, uninterrupted)
+    assert not path.exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_refused_before_training(
+        images, tmp_path, monkeypatch):
+    def no_graph(*args, **kwargs):
+        raise AssertionError("the graph was built")
+
+    monkeypatch.setattr(checkpoint_file, "open", failing_open(errno.EACCES), raising=False)
+    monkeypatch.setattr(NeighborGraph, "build", no_graph)
+    with pytest.raises(ValueError, match=r"checkpoint='.*fit.ckpt' cannot be written: "
+                       r"Permission denied \(EACCES\)"):
+        _fit(images, checkpoint=tmp_path / "fit.ckpt")
+    assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,6 @@
 """Checkpoint files: complete or absent, refused with a clear error when not usable, never
 able to run code when read."""
+import errno
 import hashlib
 import io
 import os
@@ -8,8 +9,12 @@ import pickle
 import pytest
 import torch
 
-from skselflabel._runtime.checkpoint_file import (FRAME, MAGIC, CheckpointError, checkpoint_path,
-                                     read_checkpoint, remove_checkpoint, write_checkpoint)
+from skselflabel._runtime import checkpoint_file
+from skselflabel._runtime.checkpoint_file import (FRAME, MAGIC, CheckpointError,
+                                                  CheckpointWriteError, check_writable,
+                                                  checkpoint_path, read_checkpoint,
+                                                  remove_checkpoint, write_checkpoint)
+from disk_faults import failing_open
 
 
 def _payload():
@@ -30,19 +35,45 @@ def test_a_written_checkpoint_reads_back(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]      # no temporary left
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+def _fsync_fails(fd):
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("where, code", [("write", errno.ENOSPC), ("fsync", errno.EIO),
+                                         ("open", errno.EACCES), ("replace", errno.EXDEV)])
+def test_a_failed_write_names_the_path_and_cause_and_leaves_the_previous_checkpoint(
+        tmp_path, monkeypatch, where, code):
     path = tmp_path / "fit.ckpt"
     write_checkpoint(path, _payload())
     before = path.read_bytes()
-
-    def crash(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        write_checkpoint(path, {"weights": torch.zeros(3)})
+    if where in ("write", "open"):     # a full disk half-way through, or no permission
+        monkeypatch.setattr(checkpoint_file, "open", failing_open(code), raising=False)
+    elif where == "fsync":            # an I/O error while the data goes to the disk
+        monkeypatch.setattr(os, "fsync", _fsync_fails)
+    else:
+        def replace(*args):
+            raise OSError(code, os.strerror(code))
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(CheckpointWriteError) as err:
+        write_checkpoint(path, {"weights": torch.zeros(10_000)})
+    assert isinstance(err.value, OSError) and err.value.errno == code
+    assert (f"The checkpoint {str(path)!r} could not be written: {os.strerror(code)} "
+            f"({errno.errorcode[code]}). The previous checkpoint there") in str(err.value)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]      # no temporary left
+    monkeypatch.undo()
+    assert torch.equal(_read(path)["weights"], _payload()["weights"])
+
+
+def test_a_path_that_cannot_be_written_is_found_before_any_write(tmp_path, monkeypatch):
+    path = tmp_path / "fit.ckpt"
+    check_writable(path)
+    assert list(tmp_path.iterdir()) == []                            # nothing left
+    monkeypatch.setattr(checkpoint_file, "open", failing_open(errno.EACCES), raising=False)
+    with pytest.raises(ValueError, match=r"checkpoint='.*fit.ckpt' cannot be written: "
+                       r"Permission denied \(EACCES\) \(creating '.fit.ckpt.tmp' in its "
+                       r"folder failed\)"):
+        check_writable(path)
 
 
 @pytest.mark.parametrize("keep", [0, 10, FRAME.size, FRAME.size + 100, -1])
