@@ -15,9 +15,11 @@ from .._data.descriptors import gradient_histograms
 from .._data.input_scaling import InputScaling
 from .._data.sources import Feeder
 from .._runtime.allocation import memory_step, plan
+from .._runtime.failures import SharedFailures
 from .._runtime.memory import INT64, Need
 from .._runtime.processes import (Team, join_team, leader_warnings, process_device,
                                   training_device)
+from .agreement import check_agreement
 from .backbones import build_network
 from .config import FitConfig, resolve_config
 from .events import HistoryRecorder, empty_history, fit_events
@@ -43,8 +45,9 @@ def fit_model(estimator, X, y):
     params = estimator.get_params(deep=False)
     device = process_device(training_device(params["device"]))
     team = join_team(device)
-    with leader_warnings(team):
+    with leader_warnings(team), SharedFailures(team):
         data = check_fit_input(estimator, X, params["num_workers"])
+        check_agreement(team, data, params)
         check_cluster_count(data, params["n_clusters"])
         config = resolve_config(params, data.n_samples, data.sample_shape, team.world, device)
         run = _start(config, data, team, open_checkpoint(config, data, team),

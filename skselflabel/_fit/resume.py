@@ -77,18 +77,24 @@ def _data_dtype(source):
 
 def fingerprint(config, data, team):
     """What must match for a checkpoint to resume this fit: the parameters that shape its
-    result, the data (shape, dtype, a hash of :data:`SAMPLE_ROWS` rows spread over it),
-    the number of processes and the device type."""
+    result, the data (:func:`data_fingerprint`), the number of processes and the device
+    type."""
     found = {f"parameter {name}": describe(value)
              for name, value in sorted(config.params.items()) if name not in UNFINGERPRINTED}
+    found.update(data_fingerprint(data))
+    found.update({"processes": str(team.world), "device type": config.device.type})
+    return found
+
+
+def data_fingerprint(data):
+    """The data as a fingerprint sees them: their shape, dtype and a hash of
+    :data:`SAMPLE_ROWS` rows spread over them."""
     n = data.n_samples
     rows = np.unique(np.linspace(0, n - 1, min(n, SAMPLE_ROWS)).round().astype(np.int64))
     sample = data.source.read(torch.from_numpy(rows))
-    found.update({"data shape": str((n, *data.sample_shape)),
-                  "data dtype": _data_dtype(data.source),
-                  "data sample": _digest(sample.numpy()),
-                  "processes": str(team.world), "device type": config.device.type})
-    return found
+    return {"data shape": str((n, *data.sample_shape)),
+            "data dtype": _data_dtype(data.source),
+            "data sample": _digest(sample.numpy())}
 
 
 def _on_cpu(obj):

@@ -101,6 +101,9 @@ class memory_step:
                 raise out_of_memory(exc, _steps.get()) from exc
         finally:
             _steps.reset(self.token)
+            # The context variable's cache may keep this step: it must not keep what its
+            # words come from (a trainer, and the process group it trains over).
+            self.name = self.needs = self.token = None
         return False
 
 
@@ -158,8 +161,10 @@ def out_of_memory(exc, steps):
                  f"{largest_parts([needs], -1, count=len(needs))}.")
     if call.phases:
         total, phase = peak(call.phases)
-        text += (f" The estimate of {call.name} is {fmt(total)} at its peak: "
-                 f"{largest_parts([phase], -1)}.")
+        # Its parts, unless the step's own list already shows the largest of them.
+        shown = needs and max(phase, key=lambda need: need.nbytes) in needs
+        text += f" The estimate of {call.name} is {fmt(total)} at its peak" + (
+            "." if shown else f": {largest_parts([phase], -1)}.")
     text += (f" The limit: {_limit_words(device)}. Lower the parameters named; memory "
              "that the estimate does not count (a custom backbone's activations, other data "
              "of the process) may have taken the rest.")

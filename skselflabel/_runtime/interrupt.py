@@ -1,8 +1,11 @@
 """Ctrl-C during ``fit``: a flag that training and the slow steps check, so that a fit
-stops promptly at a safe place (deferred to an agreed batch under data-parallel training)."""
+stops promptly at a safe place (deferred to an agreed batch under data-parallel training);
+the same checks stop a process of a data-parallel fit when another has failed."""
 from contextvars import ContextVar
 import signal
 import threading
+
+from .failures import check_other_processes
 
 _current = ContextVar("skselflabel_interrupt", default=None)
 
@@ -50,7 +53,9 @@ def interrupt_requested():
 
 def check_interrupt():
     """Raise KeyboardInterrupt if a Ctrl-C arrived during the current fit (cheap), unless
-    the flag is deferred."""
+    the flag is deferred; or the error of another process of a data-parallel fit that
+    failed (:func:`~.failures.check_other_processes`)."""
+    check_other_processes()
     flag = _current.get()
     if flag is not None and flag.requested and not flag.deferred:
         raise KeyboardInterrupt

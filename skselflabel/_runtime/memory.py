@@ -80,7 +80,7 @@ def largest_parts(phases, room, count=5):
     for phase in phases:
         if sum(need.nbytes for need in phase) > room:
             for need in phase:
-                if need.nbytes > parts.get(need.what, Need("", -1)).nbytes:
+                if 0 < need.nbytes and need.nbytes > parts.get(need.what, Need("", 0)).nbytes:
                     parts[need.what] = need
     largest = sorted(parts.values(), key=lambda need: -need.nbytes)[:count]
     return "; ".join(f"{need.what} {fmt(need.nbytes)}"

@@ -15,9 +15,6 @@ from torch.nn.parallel import DistributedDataParallel
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # Largest CPU tensor (elements) reduced by an all-gather (see DistributedTeam._reduce).
 SMALL_REDUCE = 1 << 14
-# The gloo group for control messages beside an NCCL default group, made once per default
-# group (creating a group is itself a collective).
-_control_groups = {}
 
 
 def _bounds(n, rank, world):
@@ -72,6 +69,10 @@ class Team:
         """The leader's ``data`` (bytes or None) in every process."""
         return data
 
+    def gather_object(self, obj):
+        """The list of every process's ``obj`` (small, picklable: a few strings)."""
+        return [obj]
+
     def wrap(self, module):
         """``module`` as it trains: wrapped in DistributedDataParallel with several
         processes."""
@@ -80,12 +81,22 @@ class Team:
     def sync_buffers_(self, module):
         """Give ``module``'s buffers (BatchNorm statistics) the leader's values."""
 
+    def close(self):
+        """Give up the team's own process groups (after its last collective, or once a
+        process has failed)."""
+
 
 SOLO = Team()
 
 
 class DistributedTeam(Team):
-    """The processes of the default ``torch.distributed`` group, training on ``device``."""
+    """The processes of the default ``torch.distributed`` group, training on ``device``.
+
+    Their collectives go through process groups of the team's own, made here (a collective
+    of the default group) and destroyed by :meth:`close`: a process that fails closes their
+    connections, which wakes the others waiting on it (see :mod:`.failures`), and the
+    default group stays usable.
+    """
 
     def __init__(self, device):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -93,16 +104,26 @@ class DistributedTeam(Team):
         backend = dist.get_backend()
         # NCCL moves CUDA tensors only; gloo moves CPU tensors (and some CUDA ones, slowly).
         self.wire = self.device if backend == "nccl" else torch.device("cpu")
-        self.control = _control_group() if backend != "gloo" else None
+        self.group = dist.new_group(backend=backend)
+        # Control messages (CPU tensors) go over gloo beside an NCCL group.
+        self.control = dist.new_group(backend="gloo") if backend != "gloo" else self.group
+
+    def close(self):
+        for group in {self.group, self.control} - {None}:
+            try:
+                dist.destroy_process_group(group)
+            except Exception:  # noqa: BLE001 - given up either way
+                pass
+        self.group = self.control = None
 
     def _route(self, tensor, collective):
         """Run ``collective(t, group)`` on ``tensor``, in place: CPU tensors over the gloo
-        control group, others over the default group's device."""
+        control group, others over the team's group on its device."""
         if tensor.device.type == "cpu":
             collective(tensor, self.control)
             return tensor
         moved = tensor.to(self.wire)
-        collective(moved, None)
+        collective(moved, self.group)
         if moved is not tensor:
             tensor.copy_(moved)
         return tensor
@@ -144,7 +165,7 @@ class DistributedTeam(Team):
         padded = local.new_zeros((size, *local.shape[1:]), device=self.wire)
         padded[:local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded)
+        dist.all_gather(parts, padded, group=self.group)
         if out is None:
             out = torch.empty((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
         for rank, part in enumerate(parts):
@@ -162,6 +183,11 @@ class DistributedTeam(Team):
         dist.broadcast(buffer, 0, group=self.control)
         return data if self.leader else buffer.numpy().tobytes()
 
+    def gather_object(self, obj):
+        found = [None] * self.world
+        dist.all_gather_object(found, obj, group=self.control)
+        return found
+
     def wrap(self, module):
         # Buffers are not broadcast from rank 0 at every forward: BatchNorm statistics come
         # from the whole batch (shared_norm), so they stay equal, and the trainer syncs
@@ -170,7 +196,7 @@ class DistributedTeam(Team):
         # backbone leaves unused once, in the first step, instead of at every step.
         ids = [self.device] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, static_graph=True,
-                                       **_NO_BUFFER_SYNC)
+                                       process_group=self.group, **_NO_BUFFER_SYNC)
 
     def sync_buffers_(self, module):
         for buffer in module.buffers():
@@ -182,14 +208,6 @@ _NO_BUFFER_SYNC = (
     {"forward_sync_buffers": False}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
     else {"broadcast_buffers": False})
-
-
-def _control_group():
-    """A gloo group of every process (for CPU tensors beside an NCCL default group)."""
-    world = dist.group.WORLD
-    if _control_groups.get("world") is not world:
-        _control_groups.update(world=world, group=dist.new_group(backend="gloo"))
-    return _control_groups["group"]
 
 
 def _launched_by_torchrun():

@@ -15,11 +15,18 @@ MODE:
 * ``checkpoint``: a short fit (4 epochs, ``prior="auto"``) with ``checkpoint=CHECKPOINT``,
   which the tests kill and interrupt; every self-label step writes a checkpoint, as on
   long epochs, so that kills also find checkpoints in the middle of epochs.
+* ``raise``: a fit (4 epochs) in which process 1 fails to allocate in batch 3 of epoch 2
+  (writing ``OUT/raised1``, the time, just before).
+* ``disagree``: process 1 fits one sample fewer than process 0.
+
+A fit that raises writes ``OUT/error<rank>`` (the time, the error's type and message) and
+re-raises.
 """
 import copy
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +37,28 @@ from sklearn.datasets import load_digits
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
 from skselflabel._data.input_scaling import InputScaling
 from skselflabel._data.sources import ArraySource, Feeder
-from skselflabel._fit import resume
+from skselflabel._fit import resume, training
 from skselflabel._fit.graph import NeighborGraph
 from skselflabel._runtime.processes import join_team
 from skselflabel._runtime.shared_norm import shared_batch_norm
 
 CHECKPOINT_EPOCHS = 4
+ALLOCATION_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't "
+                      "allocate memory: you tried to allocate 2400000000 bytes. Error code 12 "
+                      "(Cannot allocate memory)")
+
+
+def fail_in_epoch_2(out):
+    """Make this process's training fail to allocate at batch 3 of epoch 2."""
+    step = training.Trainer._step
+
+    def failing_step(self, xb, targets):
+        if (self.epoch, self.batch) == (2, 3):
+            (out / "raised1").write_text(repr(time.time()))
+            raise RuntimeError(ALLOCATION_FAILURE)
+        return step(self, xb, targets)
+
+    training.Trainer._step = failing_step
 
 
 def check_team(X):
@@ -62,6 +85,7 @@ def check_team(X):
         assert torch.equal(parts[0], parts[1]), space
         if space == "input":                          # no projection: exactly one process's
             assert torch.equal(graph, NeighborGraph.build(feeder, space, 10).indices)
+    team.close()
 
 
 def check_shared_batch_norm(team):
@@ -99,6 +123,13 @@ def main(mode, out, checkpoint=None):
         if "RANK" in os.environ:
             dist.init_process_group("gloo")
             check_team(X)
+    elif mode == "raise":
+        est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=4)
+        if rank == 1:
+            fail_in_epoch_2(out)
+    elif mode == "disagree":
+        est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=1)
+        X = X[:-1] if rank == 1 else X
     elif mode == "local":
         est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=5,
                                  sync_batch_norm=False)
@@ -112,7 +143,11 @@ def main(mode, out, checkpoint=None):
                                  n_label_updates=10 * CHECKPOINT_EPOCHS, assigner=auto,
                                  checkpoint=checkpoint)
     (out / f"started{rank}").write_text("")
-    est.fit(X)
+    try:
+        est.fit(X)
+    except Exception as exc:
+        (out / f"error{rank}").write_text(f"{time.time()!r}\n{type(exc).__name__}\n{exc}")
+        raise
     weights = torch.cat([t.flatten().double() for module in (est.backbone_, est.heads_)
                          for t in module.state_dict().values()])
     np.savez(out / f"rank{rank}.npz", labels=est.labels_, self_labels=est.self_labels_,

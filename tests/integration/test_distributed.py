@@ -1,10 +1,12 @@
 """Data-parallel work under real torch.distributed: two processes (gloo) started by
 torchrun, one thread each. The solver's seam (sinkhorn_knopp with reduce_fn, rows split
-unequally) and the estimator's data-parallel fit."""
+unequally), the estimator's data-parallel fit, a process that fails and processes given
+different data."""
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,51 @@ def test_batch_norm_per_share_still_ends_alike_in_both_processes(tmp_path):
     for name in ("labels", "self_labels", "history", "weights", "cluster_sizes"):
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
     assert cluster_accuracy(load_digits().target, ranks[0]["labels"]) > 0.5
+
+
+def _errors(out):
+    """Each process's error: (time, type, message)."""
+    found = {}
+    for rank in range(2):
+        when, kind, message = (out / f"error{rank}").read_text().split("\n", 2)
+        found[rank] = (float(when), kind, message)
+    return found
+
+
+def test_a_process_that_raises_stops_the_other_which_names_it(tmp_path):
+    # Process 1 fails to allocate in batch 3 of epoch 2, while process 0 waits for its
+    # gradients: process 0 stops within seconds (not the collective's 30-minute timeout),
+    # and both say what process 1 raised.
+    began = time.monotonic()
+    proc = _launch.start("raise", tmp_path, processes=2)
+    assert proc.wait(timeout=300) != 0, _launch.log_tail(tmp_path)
+    raised = float((tmp_path / "raised1").read_text())
+    errors = _errors(tmp_path)
+    when, kind, message = errors[1]
+    assert kind == "OutOfMemory"
+    assert message.startswith("SelfLabelClusterer.fit ran out of cpu memory in training "
+                              "batch 3 of epoch 2 (RuntimeError: [enforce fail at "
+                              "alloc_cpu.cpp:127]")
+    when0, kind0, message0 = errors[0]
+    assert kind0 == "ProcessFailedError"
+    assert message0.startswith("Process 1 of this data-parallel fit of 2 processes failed "
+                               "with OutOfMemory: " + message[:200])
+    assert "Process 0 stopped with it" in message0
+    assert when0 - raised < 60 and when - raised < 60, (when0 - raised, when - raised)
+    print(f"process 0 stopped {when0 - raised:.2f} s after process 1 raised; process 1 "
+          f"re-raised after {when - raised:.2f} s; torchrun ended after "
+          f"{time.monotonic() - began:.1f} s in all")
+
+
+def test_processes_given_different_data_are_refused_in_every_process(tmp_path):
+    proc = _launch.start("disagree", tmp_path, processes=2)
+    assert proc.wait(timeout=300) != 0, _launch.log_tail(tmp_path)
+    errors = _errors(tmp_path)
+    for rank in (0, 1):
+        kind, message = errors[rank][1:]
+        assert kind == "ValueError"
+        assert message.startswith(
+            "The 2 processes of this data-parallel fit were given different data or "
+            "parameters: data shape: (1797, 1, 8, 8) in process 0, (1796, 1, 8, 8) in "
+            "process 1; data sample: "), message
+    assert not list(tmp_path.glob("raised*")) and not list(tmp_path.glob("rank*.npz"))
