@@ -7,13 +7,13 @@ PIP    := $(PY) -m pip
 # no torch installed would pull a multi-GB CUDA build. pyproject keeps a loose range for users.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: help venv test test-fast demo bench bench-threads docs clean
+.PHONY: help venv test test-fast demo bench docs-numbers docs clean
 
 help:
 	@echo "make demo   - create .venv and run the main job (SelfLabelClusterer on scikit-learn's digits)"
 	@echo "make test   - create .venv and run the whole test suite (doctests and notebooks included)"
-	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
-	@echo "make bench-threads - time the default n_jobs against 1 thread (quiet and loaded)"
+	@echo "make bench  - run every benchmark on the quick budget (FULL=1: the published runs)"
+	@echo "make docs-numbers - regenerate the benchmark sections of the docs from benchmarks/results/"
 	@echo "make docs   - build the documentation site, notebooks executed (warnings are errors)"
 
 # setup.py compiles skselflabel/_solver/_fused.c (the solver's CPU kernel) into the source tree.
@@ -35,14 +35,17 @@ test-fast: venv
 demo: venv
 	$(PY) -m skselflabel.demo
 
+# Every benchmark on the quick budget (minutes; results in benchmarks/results/quick/, page in
+# output/bench/), or with FULL=1 the published runs (hours), which write benchmarks/results/
+# and regenerate docs/benchmarks.md and the README's tables. Data that are not installed
+# (Fashion-MNIST) are skipped with the reason.
 bench: venv
 	$(PIP) install -q -e ".[bench]"
-	$(PY) benchmarks/sinkhorn.py
+	$(PY) benchmarks/run_all.py $(if $(FULL),--full,)
 
-# 46 minutes on the shared 2-core machine (load 2 to 10); writes its section of
-# docs/benchmarks.md.
-bench-threads: venv
-	$(PY) benchmarks/threads.py
+# The benchmark sections of docs/benchmarks.md and README.md from benchmarks/results/.
+docs-numbers: venv
+	$(PY) benchmarks/render.py
 
 docs: venv
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
