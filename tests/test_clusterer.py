@@ -640,3 +640,13 @@ def test_grid_search_over_n_clusters_scored_against_labels_finds_the_blobs(blobs
                           scoring="adjusted_rand_score").fit(X, y)
     assert search.best_params_ == {"n_clusters": 3}
     assert search.cv_results_["mean_test_score"][1] > search.cv_results_["mean_test_score"][0]
+
+
+def test_get_params_lists_the_default_assigners_parameters():
+    params = SelfLabelClusterer().get_params()
+    assert params["assigner"] is None and params["assigner__lam"] == 10.0
+    assert params["assigner__tol"] == 1e-2
+    assert "assigner__lam" not in SelfLabelClusterer().get_params(deep=False)
+    # What get_params gives, set_params takes (a default made explicit, same settings).
+    est = SelfLabelClusterer().set_params(**params)
+    assert est.assigner.get_params() == SinkhornAssigner(lam=10.0, tol=1e-2).get_params()
