@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# torch first, pinned to the CPU wheel on this machine's disk: a bare "torch" requirement with
-# no torch installed would pull a multi-GB CUDA build. pyproject keeps a loose range for users.
+# torch first, pinned: pip takes it from wherever its configuration looks first. On this
+# project's machines that is a local folder with the CPU wheel; elsewhere on Linux x86-64
+# PyPI's torch is the CUDA build. TORCH_INDEX=<one of PyTorch's wheel indexes> picks a build
+# (its .../whl/cpu index for the CPU build, .../whl/cu126 for CUDA 12.6). pyproject keeps a
+# loose range for users.
 TORCH_PIN ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: help venv test test-fast demo bench docs-numbers docs clean
 
@@ -20,7 +24,7 @@ help:
 $(VENV)/.installed: pyproject.toml setup.py skselflabel/_solver/_fused.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install "$(TORCH_PIN)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",)
 	$(PIP) install -e ".[dev]"
 	touch $@
 

@@ -25,7 +25,7 @@ def source(r, stem):
     versions = r.get("versions")
     parts = [f"Command: `{r['command']}`",
              f"commit {r['commit'][:12]}" if r.get("commit") else "commit not recorded",
-             r.get("date", "date not recorded")[:10],
+             (r["date"][:10] if r.get("date") else "date not recorded"),
              f"budget: {r.get('budget', 'full')}"]
     text = "; ".join(parts) + ". "
     text += f"Machine: {machine}; 1-minute load average {_load(load_start)} at the start, "

@@ -37,6 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+SECTION = "scale"
 CASES = ("fashion", "heads", "imagenet", "memmap", "graph")
 
 
@@ -263,6 +264,22 @@ def render(load):
     from _scale_report import render_scale
 
     return render_scale(load)
+
+
+def render_readme(load):
+    """The README's sentence on the memory of a fit over a uint8 memory map."""
+    r = load("scale_memmap")
+    if r is None:
+        return {}
+    gib = 2 ** 30
+    return {"memmap": (
+        f"On a {r['n_samples']:,} x 28 x 28 uint8 memory map (`python benchmarks/scale.py "
+        f"memmap`) the fit's anonymous memory grew by {r['anonymous_growth_bytes'] / gib:.2f} "
+        f"GiB at its peak, more than the {r['float32_copy_bytes'] / gib:.2f} GiB a float32 copy "
+        "of X would take. `fit` reads X batch by batch, but its own buffers (neighbour "
+        "graph and neighbour space, embeddings, logits and labels of the self-label steps) "
+        "grow with n; which of them took this much has not been measured yet "
+        f"(`benchmarks/results/scale_memmap.json`).")}
 
 
 def main(argv=None):

@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import quick_banner, source, table  # noqa: E402
 from _results import Record, available_gib, parser, skip  # noqa: E402
 
+SECTION = "sinkhorn-scale"
+
 from skselflabel import sinkhorn_knopp  # noqa: E402
 from skselflabel._solver import iterations  # noqa: E402
 
