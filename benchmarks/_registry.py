@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TOOLS = {"render", "run_all", "numbers"}
+TOOLS = {"render", "run_all", "list_numbers"}
 
 
 def benchmark_names():
