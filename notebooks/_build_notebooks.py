@@ -198,7 +198,7 @@ print(X_train.shape, X_test.shape, "from", train.data_dir)'''),
 
     Default settings with 10 clusters. On the full training set this takes a while on a
     CPU. `verbose=1` shows a progress bar with the loss and the share of labels the latest
-    self-label step changed (a widget where ipywidgets is installed, else a line of text).
+    self-label step changed (a line of text, redrawn in place).
     """),
     code('''
     budget = {"max_epochs": 1} if QUICK else {}

@@ -2,7 +2,6 @@
 listeners keep ``history_``, draw the ``verbose`` progress bar and call scikit-learn's
 callbacks."""
 from dataclasses import dataclass
-import importlib.util
 import sys
 
 import pandas as pd
@@ -205,13 +204,12 @@ def _in_jupyter_kernel():
 
 
 def tqdm_class():
-    """tqdm's widget bar in a Jupyter kernel where ipywidgets is installed, else its text
-    bar. (``tqdm.auto`` chooses the same way but warns "IProgress not found" where
-    ipywidgets is missing, although the text bar works there.) ImportError without tqdm."""
-    if _in_jupyter_kernel() and importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.notebook import tqdm
-    else:
-        from tqdm.std import tqdm
+    """tqdm's text bar, in a terminal and in Jupyter alike (Jupyter redraws it in place).
+    ``tqdm.auto`` would draw an ipywidgets widget in Jupyter, which no test can draw and
+    the documentation cannot show offline, and warns "IProgress not found" without
+    ipywidgets. ImportError without tqdm."""
+    from tqdm.std import tqdm
+
     return tqdm
 
 
