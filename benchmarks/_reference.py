@@ -3,10 +3,11 @@ the baseline that benchmarks/sinkhorn.py times beside ``sinkhorn_knopp``."""
 import numpy as np
 
 
-def reference_labels(logits, lam=25.0, tol=1e-1):
-    """Labels and iterations of the reference loop: softmax probabilities raised to ``lam``
-    (float64, K x N), two matrix-vector passes per iteration, the error
-    ``sum_i |c_i / c_new_i - 1|`` checked every 10 iterations, stop below ``tol``."""
+def reference_iteration(logits, lam=25.0, tol=1e-1):
+    """The reference loop itself: ``(P, r, c, iterations)`` with ``P`` the K x N float64
+    kernel (softmax probabilities raised to ``lam``), two matrix-vector passes per
+    iteration, the error ``sum_i |c_i / c_new_i - 1|`` checked every 10 iterations, stop
+    below ``tol``."""
     P = logits.astype(np.float64)
     P -= P.max(1, keepdims=True)
     np.exp(P, out=P)
@@ -24,6 +25,12 @@ def reference_labels(logits, lam=25.0, tol=1e-1):
             err = np.nansum(np.abs(c / c_new - 1))
         c = c_new
         it += 1
+    return P, r, c, it
+
+
+def reference_labels(logits, lam=25.0, tol=1e-1):
+    """Labels and iterations of the reference loop (:func:`reference_iteration`)."""
+    P, r, c, it = reference_iteration(logits, lam, tol)
     P *= c.squeeze()
     return np.nanargmax(P * r, axis=0), it
 

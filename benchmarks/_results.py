@@ -20,15 +20,26 @@ PACKAGES = ("skselflabel", "torch", "numpy", "scipy", "scikit-learn", "pandas", 
             "pot")
 
 
-def parser(doc):
-    """An argument parser with the options every benchmark takes."""
+def parser(doc, seeds=None):
+    """An argument parser with the options every benchmark takes (and ``--seeds``, with
+    these defaults, for a benchmark that fits several seeds)."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if seeds is not None:
+        p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     p.add_argument("--quick", action="store_true",
                    help="the small budget of `make bench`: minutes, written to results/quick/")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the result file (default: results/, or results/quick/)")
     return p
+
+
+def seeds_and_budget(args):
+    """The seeds and the estimator budget of a run: the first seed and two epochs on the
+    quick budget, else ``--seeds`` and the defaults."""
+    if args.quick:
+        return args.seeds[:1], {"max_epochs": 2}
+    return args.seeds, {}
 
 
 def cpu_model():

@@ -15,15 +15,12 @@ from skselflabel import demo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import budget, quick_banner, source, table  # noqa: E402
-from _results import Record, parser  # noqa: E402
+from _results import Record, parser, seeds_and_budget  # noqa: E402
 
 
 def main(argv=None):
-    p = parser(__doc__)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = p.parse_args(argv)
-    budget = {"max_epochs": 2} if args.quick else {}
-    seeds = [0] if args.quick else args.seeds
+    args = parser(__doc__, seeds=[0, 1, 2]).parse_args(argv)
+    seeds, budget = seeds_and_budget(args)
     with Record("demo", args, seeds=seeds, budget=budget) as rec:
         for seed in seeds:
             rows = demo.run(inputs=("table", "images"), plot=False, random_state=seed,

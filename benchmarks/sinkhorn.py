@@ -8,9 +8,8 @@ For each size, on head-like logits from ``balanced_logits`` (benchmarks/_referen
 lam = 25:
 
 * reference: ``reference_labels(z, lam=25, tol=0.1)``, the SeLa float64 loop (two
-  matrix-vector passes per iteration, stop rule on the sample scalings). It does not return
-  its scalings, so its marginal error is measured by an instrumented copy of the same
-  published iteration in this file (checked to stop at the same iteration count);
+  matrix-vector passes per iteration, stop rule on the sample scalings). Its marginal error
+  is measured on the scalings of the same loop (``reference_iteration``), run again;
 * skselflabel: ``sinkhorn_knopp(z, lam=25, tol=<the reference's marginal error>)``, i.e. at
   equal or better marginal error; seconds are the median of repeats;
 * POT: ``ot.sinkhorn(a, b, M, reg=1/lam)`` with M = row max - z, stopped at the same
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import quick_banner, source  # noqa: E402
-from _reference import balanced_logits, reference_labels  # noqa: E402
+from _reference import balanced_logits, reference_iteration, reference_labels  # noqa: E402
 from _results import Record, parser  # noqa: E402
 
 from skselflabel import sinkhorn_knopp  # noqa: E402
@@ -77,27 +76,10 @@ def measure(fn):
 
 
 def reference_marginal_error(z, lam, tol):
-    """The reference's published iteration, instrumented to return its plan's marginal error.
-
-    Same steps as ``reference_labels``: P = softmax(z)^lam (float64, K x N), r = (1/K) / (P c),
-    c = (1/N) / (r^T P)^T, stop when sum |c / c_new - 1| < tol, checked every 10 iterations.
-    """
-    P = z.astype(np.float64)
-    P -= P.max(1, keepdims=True)
-    np.exp(P, out=P)
-    P /= P.sum(1, keepdims=True)
-    P = P.T.copy()
-    P **= lam
+    """The reference's published iteration (``reference_iteration``), measured: the largest
+    relative error of its plan's row and column sums, and its iterations."""
+    P, r, c, it = reference_iteration(z, lam, tol)
     K, N = P.shape
-    r, c = np.ones((K, 1)) / K, np.ones((N, 1)) / N
-    err, it = np.inf, 0
-    while err > tol:
-        r = (1.0 / K) / (P @ c)
-        c_new = (1.0 / N) / (r.T @ P).T
-        if it % 10 == 0:
-            err = np.nansum(np.abs(c / c_new - 1))
-        c = c_new
-        it += 1
     cluster_sums = r[:, 0] * (P @ c)[:, 0]
     sample_sums = c[:, 0] * (r.T @ P)[0]
     error = max(np.abs(cluster_sums * K - 1).max(), np.abs(sample_sums * N - 1).max())

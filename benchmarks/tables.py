@@ -24,7 +24,7 @@ from skselflabel.datasets import TABLES, load_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import budget, quick_banner, source, table  # noqa: E402
-from _results import Record, parser  # noqa: E402
+from _results import Record, parser, seeds_and_budget  # noqa: E402
 
 # The assigner of both variants; only the prior differs.
 LAM, TOL = 10.0, 1e-2
@@ -32,11 +32,8 @@ PRIORS = {"equal sizes (default)": None, "`prior=\"auto\"`": "auto"}
 
 
 def main(argv=None):
-    p = parser(__doc__)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = p.parse_args(argv)
-    budget = {"max_epochs": 2} if args.quick else {}
-    seeds = [0] if args.quick else args.seeds
+    args = parser(__doc__, seeds=[0, 1, 2]).parse_args(argv)
+    seeds, budget = seeds_and_budget(args)
     with Record("tables", args, seeds=seeds, lam=LAM, tol=TOL, budget=budget) as rec:
         for name in TABLES:
             X, y = load_table(name, return_X_y=True)
