@@ -16,7 +16,10 @@ def test_every_path_the_changelog_names_exists():
     paths = set(re.findall(r"`((?:tests|skselflabel|benchmarks|docs|notebooks)/[\w/.-]+)`",
                            _unreleased()))
     assert paths
-    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    # Folders that make bench writes (not tracked) are named as places, not files.
+    generated = ("benchmarks/results/quick",)
+    missing = sorted(p for p in paths
+                     if not (ROOT / p).exists() and not p.startswith(generated))
     assert not missing, f"the CHANGELOG names paths that do not exist: {missing}"
 
 
