@@ -62,7 +62,8 @@ def accounted_blocks(text):
         hand = HAND.search(body)
         files = list(RESULT.finditer(body))
         if hand and not files:
-            source = f"measured by hand: {' '.join(hand.group(1).split())}"
+            command = re.sub(r"\n\s*>", " ", hand.group(1))       # a command across quoted lines
+            source = f"measured by hand: {' '.join(command.split())}"
             found.append((m.start(), m.end(), m.group(1), source))
             continue
         # A block may hold several subsections, each naming its file before its numbers:
