@@ -3,24 +3,28 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# torch first, pinned to the CPU wheel on this machine's disk: a bare "torch" requirement with
-# no torch installed would pull a multi-GB CUDA build. pyproject keeps a loose range for users.
+# torch first, pinned: pip takes it from wherever its configuration looks first. On this
+# project's machines that is a local folder with the CPU wheel; elsewhere on Linux x86-64
+# PyPI's torch is the CUDA build. TORCH_INDEX=<one of PyTorch's wheel indexes> picks a build
+# (its .../whl/cpu index for the CPU build, .../whl/cu126 for CUDA 12.6). pyproject keeps a
+# loose range for users.
 TORCH_PIN ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: help venv test test-fast demo bench bench-threads docs clean
+.PHONY: help venv test test-fast demo bench docs-numbers docs clean
 
 help:
 	@echo "make demo   - create .venv and run the main job (SelfLabelClusterer on scikit-learn's digits)"
 	@echo "make test   - create .venv and run the whole test suite (doctests and notebooks included)"
-	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
-	@echo "make bench-threads - time the default n_jobs against 1 thread (quiet and loaded)"
+	@echo "make bench  - run every benchmark on the quick budget (FULL=1: the published runs)"
+	@echo "make docs-numbers - regenerate the benchmark sections of the docs from benchmarks/results/"
 	@echo "make docs   - build the documentation site, notebooks executed (warnings are errors)"
 
 # setup.py compiles skselflabel/_solver/_fused.c (the solver's CPU kernel) into the source tree.
 $(VENV)/.installed: pyproject.toml setup.py skselflabel/_solver/_fused.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install "$(TORCH_PIN)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)",)
 	$(PIP) install -e ".[dev]"
 	touch $@
 
@@ -35,14 +39,17 @@ test-fast: venv
 demo: venv
 	$(PY) -m skselflabel.demo
 
+# Every benchmark on the quick budget (minutes; results in benchmarks/results/quick/, page in
+# output/bench/), or with FULL=1 the published runs (hours), which write benchmarks/results/
+# and regenerate docs/benchmarks.md and the README's tables. Data that are not installed
+# (Fashion-MNIST) are skipped with the reason.
 bench: venv
 	$(PIP) install -q -e ".[bench]"
-	$(PY) benchmarks/sinkhorn.py
+	$(PY) benchmarks/run_all.py $(if $(FULL),--full,)
 
-# 46 minutes on the shared 2-core machine (load 2 to 10); writes its section of
-# docs/benchmarks.md.
-bench-threads: venv
-	$(PY) benchmarks/threads.py
+# The benchmark sections of docs/benchmarks.md and README.md from benchmarks/results/.
+docs-numbers: venv
+	$(PY) benchmarks/render.py
 
 docs: venv
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

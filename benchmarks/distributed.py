@@ -15,10 +15,11 @@ self-label steps, final labels) is timed too. The one- and two-process runs alte
 ``--repeats`` (the order swapped every repeat); the table shows medians, and the speed-up
 is the median of the per-repeat ratios. Each process also reports its peak resident memory.
 
-    .venv/bin/python benchmarks/distributed.py [--samples 20000] [--repeats 3] [--no-write]
+    python benchmarks/distributed.py [--samples 20000] [--repeats 3] [--quick]
 
-Writes the section "distributed" of docs/benchmarks.md (unless --no-write). Needs a machine
-with at least two free cores: other jobs on the cores distort the ratio.
+Writes ``results/distributed.json`` (the "distributed" section of docs/benchmarks.md). Needs
+a machine with at least two free cores (other jobs on the cores distort the ratio) and
+Fashion-MNIST (it skips itself without).
 """
 import argparse
 import json
@@ -34,7 +35,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_description, write_section  # noqa: E402
+from _markdown import quick_banner, source, table  # noqa: E402
+from _results import Record, need_fashion_mnist, parser  # noqa: E402
 
 HERE = Path(__file__).resolve()
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -73,7 +75,7 @@ def run(processes, samples, sync):
     """One run in fresh processes; the measures of each process."""
     with tempfile.TemporaryDirectory() as out:
         cmd = ([sys.executable] if processes == 1 else TORCHRUN)
-        cmd = cmd + [str(HERE), "--worker", "--samples", str(samples), "--out", out]
+        cmd = cmd + [str(HERE), "--worker", "--samples", str(samples), "--worker-out", out]
         cmd += [] if sync else ["--local-batch-norm"]
         done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
         if done.returncode != 0:
@@ -84,81 +86,64 @@ def run(processes, samples, sync):
     return ranks
 
 
-def measure(samples, repeats):
-    """{run label: [per-repeat measures of rank 0, with the largest peak memory]}."""
-    seen = {label: [] for label, _, _ in RUNS}
-    for r in range(repeats):
-        for label, processes, sync in (RUNS if r % 2 == 0 else RUNS[::-1]):
-            ranks = run(processes, samples, sync)
-            best = dict(ranks[0], peak_rss_mib=max(x["peak_rss_mib"] for x in ranks))
-            seen[label].append(best)
-            print(f"repeat {r + 1}, {label}: epoch "
-                  f"{best['epoch_seconds']:.2f} s, fit {best['fit_seconds']:.2f} s, peak "
-                  f"{best['peak_rss_mib']:.0f} MiB per process, ACC {best['acc']:.3f}",
-                  flush=True)
-    return seen
-
-
-def report(seen, samples, repeats, loads, minutes):
-    """The markdown section."""
-    def median(p, key):
-        return statistics.median(x[key] for x in seen[p])
-
+def render(load):
+    r = load("distributed")
+    if r is None:
+        return None
+    s = r["settings"]
+    seen = {label: [x for x in r["runs"] if x["run"] == label] for label, _, _ in RUNS}
     one = seen[RUNS[0][0]]
+
+    def median(label, key):
+        return statistics.median(x[key] for x in seen[label])
 
     def speedup(label, key):
         return statistics.median(a[key] / b[key] for a, b in zip(one, seen[label]))
 
-    rows = [f"| {p} | {median(p, 'epoch_seconds'):.2f} | "
-            f"{median(p, 'fit_seconds'):.2f} | {median(p, 'peak_rss_mib'):.0f} | "
-            f"{median(p, 'acc'):.3f} | {speedup(p, 'epoch_seconds'):.2f}x | "
-            f"{speedup(p, 'fit_seconds'):.2f}x |" for p in seen]
+    rows = [[p, f"{median(p, 'epoch_seconds'):.2f}", f"{median(p, 'fit_seconds'):.2f}",
+             f"{median(p, 'peak_rss_mib'):.0f}", f"{median(p, 'acc'):.3f}",
+             f"{speedup(p, 'epoch_seconds'):.2f}x", f"{speedup(p, 'fit_seconds'):.2f}x"]
+            for p in seen]
     return "\n".join([
-        "## Data-parallel fit (`benchmarks/distributed.py`)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/distributed.py --samples {samples} "
-        f"--repeats {repeats}`",
-        "",
-        f"Machine: {machine_description()}, torch {torch.__version__}; 1-minute load "
-        f"average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end. The run took "
-        f"{minutes:.0f} minutes.",
-        "",
-        f"Data: the first {samples:,} Fashion-MNIST training images (uint8). Fit: "
+        "## Data-parallel fit (`benchmarks/distributed.py`)", "",
+        quick_banner(r) + source(r, "distributed"), "",
+        f"Data: the first {s['samples']:,} Fashion-MNIST training images (uint8). Fit: "
         "`SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=2, "
         "n_label_updates=1)`, started in a fresh process or by `torchrun "
         "--nproc_per_node=2`, `OMP_NUM_THREADS=1`. Training epoch: the second epoch's "
         "`history_` seconds (no self-label step in it). Medians over "
-        f"{repeats} alternating repeats; peak memory: the largest peak resident set of the "
-        "run's processes.",
-        "",
-        "| run | training epoch (s) | whole fit (s) | peak memory per process (MiB) "
-        "| ACC | epoch speed-up | fit speed-up |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
+        f"{s['repeats']} alternating repeat(s); peak memory: the largest peak resident set "
+        "of the run's processes.", "",
+        table(["run", "training epoch (s)", "whole fit (s)",
+               "peak memory per process (MiB)", "ACC", "epoch speed-up", "fit speed-up"],
+              rows), "",
         "Speed-ups: over one process, the median of the per-repeat ratios.",
     ])
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--local-batch-norm", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--samples", type=int, default=20_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--local-batch-norm", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
     if args.worker:
-        return worker(args.samples, args.out, sync=not args.local_batch_norm)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
-    seen = measure(args.samples, args.repeats)
-    minutes = (time.perf_counter() - started) / 60
-    text = report(seen, args.samples, args.repeats, (load_start, os.getloadavg()[0]),
-                  minutes)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {write_section('distributed', text)}")
+        return worker(args.samples, args.worker_out, sync=not args.local_batch_norm)
+    need_fashion_mnist()
+    if args.quick:
+        args.samples, args.repeats = 2000, 1
+    with Record("distributed", args, samples=args.samples, repeats=args.repeats) as rec:
+        for r in range(args.repeats):
+            for label, processes, sync in (RUNS if r % 2 == 0 else RUNS[::-1]):
+                ranks = run(processes, args.samples, sync)
+                best = dict(ranks[0], peak_rss_mib=max(x["peak_rss_mib"] for x in ranks))
+                best.pop("labels")
+                rec.runs.append(dict(best, run=label, repeat=r))
+                print(f"repeat {r + 1}, {label}: epoch {best['epoch_seconds']:.2f} s, fit "
+                      f"{best['fit_seconds']:.2f} s, peak {best['peak_rss_mib']:.0f} MiB per "
+                      f"process, ACC {best['acc']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

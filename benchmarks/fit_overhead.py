@@ -23,10 +23,10 @@ Two measurements:
     graph, training, the same number of self-label passes, a final pass and an argmax).
 
     .venv/bin/python benchmarks/fit_overhead.py [--n-samples 10000] [--epochs 4]
-        [--label-updates 4] [--repeats 3] [--no-write]
+        [--label-updates 4] [--repeats 3] [--quick]
+
+Writes ``results/fit_overhead.json`` (the "fit-overhead" section of docs/benchmarks.md).
 """
-import argparse
-import os
 import math
 import statistics
 import sys
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skselflabel import SelfLabelClusterer, sinkhorn_knopp
+from skselflabel import SelfLabelClusterer, SinkhornAssigner, sinkhorn_knopp
 from skselflabel._data.augment import resolve_augment
 from skselflabel._fit.backbones import SmallCNN, init_parameters_
 from skselflabel._fit.graph import nearest_neighbors
@@ -45,7 +45,10 @@ from skselflabel._fit.training import label_update_steps
 from skselflabel.datasets import load_digits_images, load_fashion_mnist
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _report import machine_description, write_section  # noqa: E402
+from _markdown import quick_banner, source, table  # noqa: E402
+from _results import Record, parser  # noqa: E402
+
+SECTION = "fit-overhead"
 
 BATCH_SIZE = 128
 N_NEIGHBORS = 10
@@ -145,7 +148,8 @@ def estimator_fit(X, n_epochs, n_label_updates, seed):
                              optimizer="adam", lr=1e-3, weight_decay=1e-4,
                              n_neighbors=N_NEIGHBORS, neighbor_prob=NEIGHBOR_PROB,
                              neighbor_features="input",   # the hand loop's graph: pixels
-                             diffusion_steps=DIFFUSION_STEPS, lam=LAM, augment="auto",
+                             diffusion_steps=DIFFUSION_STEPS,
+                             assigner=SinkhornAssigner(lam=LAM, tol=1e-2), augment="auto",
                              device="cpu", random_state=seed)
     tic, cpu = time.perf_counter(), time.process_time()
     clu.fit(X)
@@ -160,86 +164,79 @@ def epochs_without_update(n, n_epochs, n_label_updates):
     return [e for e in range(n_epochs) if e not in busy]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-samples", type=int, default=10_000)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--label-updates", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads for both sides (1: least disturbed by "
-                        "other jobs on a shared machine, and CPU time then measures work)")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
-    load = os.getloadavg()[0]
-
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--n-samples", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--label-updates", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads for both sides (1: least disturbed by "
+                   "other jobs on a shared machine, and CPU time then measures work)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_samples, args.epochs, args.label_updates, args.repeats = 1000, 2, 1, 1
     torch.set_num_threads(args.threads)
     X, data_name = load_images(args.n_samples)
     free = epochs_without_update(len(X), args.epochs, args.label_updates)
     if not free:
-        parser.error("every epoch has a self-label step; raise --epochs or lower --label-updates")
+        p.error("every epoch has a self-label step; raise --epochs or lower --label-updates")
     sides = {"estimator": estimator_fit, "hand loop": hand_fit}
-    # One untimed small run of each side first: one-time costs of the process (lazy
-    # initialisation, allocator growth) would otherwise fall on whichever side runs first.
-    for fit in sides.values():
-        fit(X[:512], 2, 2, 0)
-    epoch_s = {k: [] for k in sides}
-    fit_s = {k: [] for k in sides}
-    cpu_s = {k: [] for k in sides}
-    for r in range(args.repeats):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            total, cpu, per_epoch, labels = sides[name](X, args.epochs, args.label_updates, r)
-            assert labels.shape == (len(X),)
-            epoch_s[name] += [per_epoch[e] for e in free]
-            fit_s[name].append(total / args.epochs)
-            cpu_s[name].append(cpu / args.epochs)
-            print(f"repeat {r} {name:9s}: fit {total:6.1f} s wall, {cpu:6.1f} s CPU; "
-                  "training epochs "
-                  + ", ".join(f"{per_epoch[e]:.2f}" for e in free) + " s", flush=True)
+    with Record("fit_overhead", args, data=data_name, epochs=args.epochs,
+                label_updates=args.label_updates, repeats=args.repeats,
+                batch_size=BATCH_SIZE, threads=args.threads) as rec:
+        # One untimed small run of each side first: one-time costs of the process (lazy
+        # initialisation, allocator growth) would otherwise fall on whichever side runs
+        # first.
+        for fit in sides.values():
+            fit(X[:512], 2, 2, 0)
+        for r in range(args.repeats):
+            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                total, cpu, per_epoch, labels = sides[name](X, args.epochs,
+                                                            args.label_updates, r)
+                assert labels.shape == (len(X),)
+                rec.runs.append({"repeat": r, "side": name, "fit_seconds": total,
+                                 "cpu_seconds": cpu, "epoch_seconds": per_epoch,
+                                 "epochs_without_update": free})
+                print(f"repeat {r} {name:9s}: fit {total:6.1f} s wall, {cpu:6.1f} s CPU; "
+                      "training epochs " + ", ".join(f"{per_epoch[e]:.2f}" for e in free)
+                      + " s", flush=True)
 
-    med = {k: (statistics.median(epoch_s[k]), statistics.median(fit_s[k]),
-               statistics.median(cpu_s[k])) for k in sides}
-    ratio_a, ratio_b, ratio_c = (med["estimator"][i] / med["hand loop"][i] for i in range(3))
-    command = ("`.venv/bin/python benchmarks/fit_overhead.py"
-               + "".join(f" {a}" for a in sys.argv[1:]) + "`")
-    table = "\n".join([
-        "| measure | SelfLabelClusterer.fit | hand-written loop | ratio (target <= 1.10) |",
-        "|---|---|---|---|",
-        f"| (a) training epoch, no self-label step (s) | {med['estimator'][0]:.2f} | "
-        f"{med['hand loop'][0]:.2f} | {ratio_a:.3f} |",
-        f"| (b) whole fit / epochs (s) | {med['estimator'][1]:.2f} | "
-        f"{med['hand loop'][1]:.2f} | {ratio_b:.3f} |",
-        f"| (b') whole fit / epochs, process CPU time (s) | {med['estimator'][2]:.2f} | "
-        f"{med['hand loop'][2]:.2f} | {ratio_c:.3f} |",
-    ])
-    markdown = "\n".join([
-        "## Fit overhead: SelfLabelClusterer.fit vs a hand-written PyTorch loop",
-        "",
-        f"Command: {command}",
-        "",
-        f"Machine: {machine_description()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; 1-minute load average {load:.1f} at the start "
-        "(the interleaving keeps the ratios fair under load).",
-        "",
-        f"Data: {data_name}. SmallCNN + one linear head, 10 clusters, batch {BATCH_SIZE}, "
-        f"Adam with cosine schedule, the estimator's image augmentation, neighbour views "
-        f"(k={N_NEIGHBORS}, p={NEIGHBOR_PROB}); {args.epochs} epochs with "
-        f"{args.label_updates} self-label steps (+1 final) per fit. Medians over "
-        f"{args.repeats} interleaved repeats ({len(epoch_s['estimator'])} training epochs "
-        "per side for (a)), after one untimed warm-up run of each side.",
-        "",
-        table,
-        "",
+
+def render(load):
+    r = load("fit_overhead")
+    if r is None:
+        return None
+    s = r["settings"]
+    med = {}
+    for side in ("estimator", "hand loop"):
+        runs = [x for x in r["runs"] if x["side"] == side]
+        med[side] = (statistics.median(x["epoch_seconds"][e] for x in runs
+                                       for e in x["epochs_without_update"]),
+                     statistics.median(x["fit_seconds"] / s["epochs"] for x in runs),
+                     statistics.median(x["cpu_seconds"] / s["epochs"] for x in runs))
+    rows = [[label, f"{med['estimator'][i]:.2f}", f"{med['hand loop'][i]:.2f}",
+             f"{med['estimator'][i] / med['hand loop'][i]:.3f}"]
+            for i, label in enumerate(["(a) training epoch, no self-label step (s)",
+                                       "(b) whole fit / epochs (s)",
+                                       "(b') whole fit / epochs, process CPU time (s)"])]
+    return "\n".join([
+        "## Fit overhead: SelfLabelClusterer.fit vs a hand-written PyTorch loop "
+        "(`benchmarks/fit_overhead.py`)", "",
+        quick_banner(r) + source(r, "fit_overhead"), "",
+        f"Data: {s['data']}. SmallCNN + one linear head, 10 clusters, batch "
+        f"{s['batch_size']}, Adam with cosine schedule, the estimator's image augmentation, "
+        f"neighbour views (k={N_NEIGHBORS}, p={NEIGHBOR_PROB}); {s['epochs']} epochs with "
+        f"{s['label_updates']} self-label steps (+1 final) per fit, {s['threads']} torch "
+        f"thread(s). Medians over {s['repeats']} interleaved repeats, after one untimed "
+        "warm-up run of each side.", "",
+        table(["measure", "SelfLabelClusterer.fit", "hand-written loop", "ratio"], rows), "",
         "(a) is the estimator's `history_` seconds against the hand loop's clock on the same "
         "epochs, which have no self-label step. (b) is the whole `fit` (validation, input "
         "statistics, k-NN graph, all self-label steps, final labelling, `labels_`) against "
         "the same work written by hand; (b') is the same in process CPU time, which other "
         "jobs on the machine disturb less than wall time.",
     ])
-    print()
-    print(markdown)
-    if not args.no_write:
-        print(f"\nwrote {write_section('fit-overhead', markdown)}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """SelfLabelClusterer at SeLa's own scale: thousands of clusters, ten heads, a million rows.
 
 Each case runs in a process of its own (so that its peak memory is its own) and writes
-``benchmarks/results/scale_<case>.json``; ``report`` writes the section "scale" of
-docs/benchmarks.md from those files.
+``benchmarks/results/scale_<case>.json`` (the section "scale" of docs/benchmarks.md).
 
-    python benchmarks/scale.py all            # every case, then the report
+    python benchmarks/scale.py                # every case (hours)
     python benchmarks/scale.py fashion        # one case (fashion, heads, imagenet,
-                                              #   memmap, graph), then the report
-    python benchmarks/scale.py report
+                                              #   memmap, graph)
+    python benchmarks/scale.py --quick        # every case at small sizes (minutes)
 
 Cases:
 
@@ -25,7 +24,6 @@ Cases:
   against exact search on a sample.
 """
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -39,6 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+SECTION = "scale"
 CASES = ("fashion", "heads", "imagenet", "memmap", "graph")
 
 
@@ -105,16 +104,6 @@ def head_sizes(self_labels, n_clusters):
     return [[int(s.min()), int(s.max())] for s in sizes]
 
 
-def machine():
-    from _report import machine_description
-
-    from skselflabel._runtime.threads import effective_threads
-
-    # The fits run on the threads of the default n_jobs=None, whatever torch's default is.
-    return {"machine": machine_description(), "load_start": os.getloadavg()[0],
-            "fit_threads": effective_threads(None)}
-
-
 # ------------------------------------------------------------------ cases
 def case_fashion(quick):
     from sklearn.cluster import MiniBatchKMeans
@@ -129,11 +118,12 @@ def case_fashion(quick):
     X, y = load_fashion_mnist(split="train", return_X_y=True)
     X_test, y_test = load_fashion_mnist(split="test", return_X_y=True)
     if quick:
-        X, y, X_test, y_test = X[:6000], y[:6000], X_test[:1000], y_test[:1000]
-    K = 3000 if not quick else 300
+        X, y, X_test, y_test = X[:3000], y[:3000], X_test[:1000], y_test[:1000]
+    K = 3000 if not quick else 100
     phases = phase_timer()
     tic = time.perf_counter()
-    clu = SelfLabelClusterer(n_clusters=K, random_state=0).fit(X)
+    clu = SelfLabelClusterer(n_clusters=K, random_state=0,
+                             **({"max_epochs": 2} if quick else {})).fit(X)
     fit_seconds = time.perf_counter() - tic
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     probe.fit(clu.transform(X), y)
@@ -162,10 +152,11 @@ def case_heads(quick):
 
     n = 60_000 if not quick else 6_000
     X = np.random.default_rng(0).random((n, 64), dtype=np.float32)
+    heads = 10 if not quick else 2
     phases = phase_timer()
     with MemoryWatch("VmRSS") as rss:
         tic = time.perf_counter()
-        clu = SelfLabelClusterer(n_clusters=3000, n_heads=10, max_epochs=1,
+        clu = SelfLabelClusterer(n_clusters=3000, n_heads=heads, max_epochs=1,
                                  random_state=0).fit(X)
         seconds = time.perf_counter() - tic
     return {"n_samples": n, "fit_seconds": seconds, "phases": phases,
@@ -193,12 +184,13 @@ def case_imagenet(quick):
 
     from skselflabel import SelfLabelClusterer
 
-    n = 1_281_167 if not quick else 60_000
+    n = 1_281_167 if not quick else 20_000
+    heads = 10 if not quick else 2
     with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
         X, comp = _mixture(os.path.join(tmp, "x.npy"), n, 128, 1000)
         phases = phase_timer()
         tic = time.perf_counter()
-        clu = SelfLabelClusterer(n_clusters=3000, n_heads=10, max_epochs=1,
+        clu = SelfLabelClusterer(n_clusters=3000, n_heads=heads, max_epochs=1,
                                  n_label_updates=1, random_state=0, verbose=1).fit(X)
         seconds = time.perf_counter() - tic
     epochs = float(clu.history_["seconds"].sum()) - phases["label_updates"]
@@ -213,7 +205,7 @@ def case_imagenet(quick):
 def case_memmap(quick):
     from skselflabel import SelfLabelClusterer
 
-    n = 300_000 if not quick else 30_000
+    n = 300_000 if not quick else 5_000
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
         path = os.path.join(tmp, "images.npy")
@@ -239,7 +231,7 @@ def case_graph(quick):
 
     from skselflabel._fit.graph import nearest_neighbors
 
-    sizes = (100_000, 300_000, 1_000_000) if not quick else (10_000, 30_000, 100_000)
+    sizes = (100_000, 300_000, 1_000_000) if not quick else (5_000, 10_000, 20_000)
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, 64)).astype(np.float32) * 2.0
     rows = []
@@ -260,42 +252,57 @@ def case_graph(quick):
 
 
 # ------------------------------------------------------------------ driver and report
-def run_case(name, quick):
-    result = dict(machine(), case=name, quick=quick,
-                  command=f"python benchmarks/scale.py {name}" + " --quick" * quick)
-    tic = time.perf_counter()
-    result.update(globals()[f"case_{name}"](quick))
-    result["wall_seconds"] = time.perf_counter() - tic
-    result["load_end"] = os.getloadavg()[0]
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if quick else ""
-    (RESULTS / f"scale_{name}{suffix}.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+def run_case(name, args):
+    from _results import Record
+
+    with Record(f"scale_{name}", args, flat=True) as rec:
+        rec.data["case"] = name
+        rec.summary.update(globals()[f"case_{name}"](args.quick))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=(*CASES, "all", "report"))
-    parser.add_argument("--quick", action="store_true", help="small sizes, not reported")
-    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def render(load):
+    from _scale_report import render_scale
+
+    return render_scale(load)
+
+
+def render_readme(load):
+    """The README's sentence on the memory of a fit over a uint8 memory map."""
+    r = load("scale_memmap")
+    if r is None:
+        return {}
+    gib = 2 ** 30
+    return {"memmap": (
+        f"On a {r['n_samples']:,} x 28 x 28 uint8 memory map (`python benchmarks/scale.py "
+        f"memmap`) the fit's anonymous memory grew by {r['anonymous_growth_bytes'] / gib:.2f} "
+        f"GiB at its peak, more than the {r['float32_copy_bytes'] / gib:.2f} GiB a float32 copy "
+        "of X would take. `fit` reads X batch by batch, but its own buffers (neighbour "
+        "graph and neighbour space, embeddings, logits and labels of the self-label steps) "
+        "grow with n; which of them took this much has not been measured yet "
+        f"(`benchmarks/results/scale_memmap.json`).")}
+
+
+def main(argv=None):
+    from _results import parser, need_fashion_mnist
+
+    p = parser(__doc__)
+    p.add_argument("case", nargs="?", default="all", choices=(*CASES, "all"))
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
-    if args.case == "report":
-        from scale_report import write_report
-
-        return write_report()
     cases = CASES if args.case == "all" else (args.case,)
+    if args.in_process:
+        if cases == ("fashion",):
+            need_fashion_mnist()
+        return run_case(cases[0], args)
     for name in cases:
-        if args.in_process:
-            run_case(name, args.quick)
-            continue
-        cmd = [sys.executable, __file__, name, "--in-process"] + (["--quick"] * args.quick)
-        subprocess.run(cmd, check=True)
-    if not args.quick:
-        from scale_report import write_report
-
-        write_report()
+        cmd = [sys.executable, __file__, name, "--in-process"] + ["--quick"] * args.quick
+        cmd += ["--out", str(args.out)] if args.out else []
+        code = subprocess.run(cmd).returncode
+        if code == 3 and args.case == "all":
+            print(f"scale case {name} skipped")
+        elif code != 0:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Benchmark: skselflabel.sinkhorn_knopp against the SeLa reference loop and POT.
 
-Run: ``python benchmarks/sinkhorn.py`` (or ``make bench``); ``--quick`` for a small size only.
-Prints a table and writes it to the "sinkhorn" section of docs/benchmarks.md.
+Run: ``python benchmarks/sinkhorn.py`` (``--quick``: one small size). Writes
+``results/sinkhorn.json``; ``benchmarks/render.py`` turns it into the "sinkhorn" section
+of docs/benchmarks.md.
 
-For each size, on head-like logits from ``balanced_logits`` (../shared/reference), lam = 25:
+For each size, on head-like logits from ``balanced_logits`` (benchmarks/_reference.py),
+lam = 25:
 
 * reference: ``reference_labels(z, lam=25, tol=0.1)``, the SeLa float64 loop (two
-  matrix-vector passes per iteration, stop rule on the sample scalings). It does not return
-  its scalings, so its marginal error is measured by an instrumented copy of the same
-  published iteration in this file (checked to stop at the same iteration count);
+  matrix-vector passes per iteration, stop rule on the sample scalings). Its marginal error
+  is measured on the scalings of the same loop (``reference_iteration``), run again;
 * skselflabel: ``sinkhorn_knopp(z, lam=25, tol=<the reference's marginal error>)``, i.e. at
   equal or better marginal error; seconds are the median of repeats;
 * POT: ``ot.sinkhorn(a, b, M, reg=1/lam)`` with M = row max - z, stopped at the same
@@ -21,10 +22,8 @@ bandwidth floor is (bytes one iteration must read = N * K * 4) / (read bandwidth
 ``.sum()`` over the same float32 matrix, measured in this run). Peak memory is the largest
 resident-set growth during the call, sampled every 2 ms.
 """
-import argparse
 import os
 from pathlib import Path
-import resource
 import sys
 import threading
 import time
@@ -33,12 +32,10 @@ import warnings
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent.parent / "shared" / "reference"))
-
-from _report import machine_description, write_section  # noqa: E402
-from sinkhorn_float64 import balanced_logits, reference_labels  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import quick_banner, source  # noqa: E402
+from _reference import balanced_logits, reference_iteration, reference_labels  # noqa: E402
+from _results import Record, parser  # noqa: E402
 
 from skselflabel import sinkhorn_knopp  # noqa: E402
 from skselflabel._solver import iterations  # noqa: E402
@@ -79,27 +76,10 @@ def measure(fn):
 
 
 def reference_marginal_error(z, lam, tol):
-    """The reference's published iteration, instrumented to return its plan's marginal error.
-
-    Same steps as ``reference_labels``: P = softmax(z)^lam (float64, K x N), r = (1/K) / (P c),
-    c = (1/N) / (r^T P)^T, stop when sum |c / c_new - 1| < tol, checked every 10 iterations.
-    """
-    P = z.astype(np.float64)
-    P -= P.max(1, keepdims=True)
-    np.exp(P, out=P)
-    P /= P.sum(1, keepdims=True)
-    P = P.T.copy()
-    P **= lam
+    """The reference's published iteration (``reference_iteration``), measured: the largest
+    relative error of its plan's row and column sums, and its iterations."""
+    P, r, c, it = reference_iteration(z, lam, tol)
     K, N = P.shape
-    r, c = np.ones((K, 1)) / K, np.ones((N, 1)) / N
-    err, it = np.inf, 0
-    while err > tol:
-        r = (1.0 / K) / (P @ c)
-        c_new = (1.0 / N) / (r.T @ P).T
-        if it % 10 == 0:
-            err = np.nansum(np.abs(c / c_new - 1))
-        c = c_new
-        it += 1
     cluster_sums = r[:, 0] * (P @ c)[:, 0]
     sample_sums = c[:, 0] * (r.T @ P)[0]
     error = max(np.abs(cluster_sums * K - 1).max(), np.abs(sample_sums * N - 1).max())
@@ -154,7 +134,8 @@ def bench_size(N, K, repeats, with_pot):
 
     runs = [measure(lambda: sinkhorn_knopp(z, lam=LAM, tol=ref_err)) for _ in range(repeats)]
     res = runs[0][0]
-    row.update(s=float(np.median([r[1] for r in runs])), iter=res.n_iter,
+    row.update(s=float(np.median([r[1] for r in runs])), s_runs=[r[1] for r in runs],
+               iter=res.n_iter,
                err=res.marginal_error, mem=max(r[2] for r in runs),
                agree_ref=float(np.mean(res.labels == ref_labels)))
     tight = sinkhorn_knopp(z.astype(np.float64), lam=LAM, tol=1e-7, max_iter=20_000)
@@ -206,32 +187,34 @@ def table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small size only (N=20,000)")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    sizes = [(20_000, 500)] if args.quick else [(20_000, 500), (100_000, 1_000)]
+    args = parser(__doc__).parse_args(argv)
+    sizes = [(5_000, 200)] if args.quick else [(20_000, 500), (100_000, 1_000)]
     if ot is None:
         print("POT is not installed (pip install pot): the POT column is skipped.")
-    load = os.getloadavg()[0]
-    rows = []
-    for N, K in sizes:
-        print(f"N={N:,} K={K:,} ...", flush=True)
-        rows.append(bench_size(N, K, repeats=3, with_pot=True))
-        print(table(rows[-1:]), flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    md = "\n".join([
+    with Record("sinkhorn", args, sizes=sizes, lam=LAM, reference_tol=REF_TOL, repeats=3,
+                compiled_sweep=iterations._fused is not None,
+                pot=ot is not None) as rec:
+        for N, K in sizes:
+            print(f"N={N:,} K={K:,} ...", flush=True)
+            rec.runs.append(bench_size(N, K, repeats=3, with_pot=True))
+            print(table(rec.runs[-1:]), flush=True)
+
+
+def render(load):
+    r = load("sinkhorn")
+    if r is None:
+        return None
+    sweep = "yes" if r["settings"]["compiled_sweep"] else "not built"
+    return "\n".join([
         "## Sinkhorn-Knopp solver (`benchmarks/sinkhorn.py`)",
         "",
-        f"Command: `python benchmarks/sinkhorn.py{' --quick' if args.quick else ''}` "
-        f"(or `make bench`). Machine: {machine_description()}; torch "
-        f"{torch.__version__}, threads {torch.get_num_threads()}; compiled sweep "
-        f"(`skselflabel._solver._fused`): {'yes' if iterations._fused is not None else 'not built'}; "
-        f"1-minute load average at the start {load:.1f}. Logits: "
-        "`balanced_logits(N, K)` from ../shared/reference, lam = 25. Read the ratios "
+        quick_banner(r) + source(r, "sinkhorn"),
+        "",
+        f"Compiled sweep (`skselflabel._solver._fused`): {sweep}. Logits: "
+        "`balanced_logits(N, K)` from `benchmarks/_reference.py`, lam = 25. Read the ratios "
         "(measured side by side in one process) rather than the absolute seconds.",
         "",
-        table(rows),
+        table(r["runs"]),
         "",
         "skselflabel runs at `tol` = the reference's marginal error (largest relative "
         "deviation of a row or column sum), so at equal or better error; its seconds are the "
@@ -241,13 +224,9 @@ def main(argv=None):
         "40 iterations, against N * K * 4 bytes / the read bandwidth of a `.sum()` over the "
         "same float32 matrix in the same run; the pure-torch column is the same slope with "
         "the compiled kernel switched off (two matrix-vector products per cache-sized row "
-        "block). Peak memory: resident-set growth during the "
-        "call. Labels agree: share of samples with the reference's label / with a float64 "
-        f"solve to tol 1e-7. Process peak RSS: {peak:.2f} GiB.",
+        "block). Peak memory: resident-set growth during the call. Labels agree: share of "
+        "samples with the reference's label / with a float64 solve to tol 1e-7.",
     ])
-    print(md)
-    if not args.no_write:
-        print("wrote", write_section("sinkhorn", md))
 
 
 if __name__ == "__main__":

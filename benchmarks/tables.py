@@ -1,92 +1,95 @@
-"""NMI on the four small real tables of ../shared/tables, beside KMeans, GaussianMixture and Ward.
+"""NMI on the four small real tables of ``skselflabel.datasets.load_table``, beside KMeans,
+GaussianMixture and Ward.
 
-Each table's feature columns are standardised; its last column, ``label``, is the class and
-is never given to the clusterer. SelfLabelClusterer runs with equal cluster sizes (the
-default) and with ``SinkhornAssigner(prior="auto")``, seeds 0 to 2; the other methods once.
+Each table's feature columns are standardised; its class column is never given to the
+clusterer. SelfLabelClusterer runs with equal cluster sizes (the default) and with
+``SinkhornAssigner(prior="auto")``, seeds 0 to 2; the other methods once.
 
-    python benchmarks/tables.py [--tables DIR]
+    python benchmarks/tables.py [--seeds 0 1 2] [--quick]
 
-Writes the section "tables" of docs/benchmarks.md.
+Writes ``results/tables.json`` (the "tables" section of docs/benchmarks.md).
 """
-import argparse
-import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
+from skselflabel.datasets import TABLES, load_table
 
-HERE = Path(__file__).resolve().parent
-TABLES = ("penguins", "olive", "crabs", "glass")
-SEEDS = (0, 1, 2)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import budget, quick_banner, source, table  # noqa: E402
+from _results import Record, parser, seeds_and_budget  # noqa: E402
 
-
-def load(directory, name):
-    df = pd.read_csv(Path(directory) / f"{name}.csv")
-    y = pd.factorize(df["label"])[0]
-    X = StandardScaler().fit_transform(df.drop(columns=["label"]).to_numpy(float))
-    return X, y, len(np.unique(y))
+# The assigner of both variants; only the prior differs.
+LAM, TOL = 10.0, 1e-2
+PRIORS = {"equal sizes (default)": None, "`prior=\"auto\"`": "auto"}
 
 
-def ours(X, y, k, prior):
-    scores, seconds = [], []
-    for seed in SEEDS:
-        tic = time.perf_counter()
-        est = SelfLabelClusterer(n_clusters=k, random_state=seed,
-                                 assigner=SinkhornAssigner(lam=10.0, tol=1e-2, prior=prior))
-        scores.append(nmi(y, est.fit(X).labels_))
-        seconds.append(time.perf_counter() - tic)
-    return scores, max(seconds)
+def main(argv=None):
+    args = parser(__doc__, seeds=[0, 1, 2]).parse_args(argv)
+    seeds, budget = seeds_and_budget(args)
+    with Record("tables", args, seeds=seeds, lam=LAM, tol=TOL, budget=budget) as rec:
+        for name in TABLES:
+            X, y = load_table(name, return_X_y=True)
+            X = StandardScaler().fit_transform(X)
+            k = len(set(y))
+            for method, labels in (
+                    ("KMeans", lambda: KMeans(k, n_init=10, random_state=0).fit_predict(X)),
+                    ("GaussianMixture", lambda: GaussianMixture(k, random_state=0)
+                     .fit_predict(X)),
+                    ("Ward", lambda: AgglomerativeClustering(k).fit_predict(X))):
+                rec.runs.append({"table": name, "classes": k, "method": method, "seed": 0,
+                                 "nmi": nmi(y, labels())})
+            for variant, prior in PRIORS.items():
+                for seed in seeds:
+                    tic = time.perf_counter()
+                    est = SelfLabelClusterer(n_clusters=k, random_state=seed, **budget,
+                                             assigner=SinkhornAssigner(lam=LAM, tol=TOL,
+                                                                       prior=prior))
+                    score = nmi(y, est.fit(X).labels_)
+                    rec.runs.append({"table": name, "classes": k, "method": variant,
+                                     "seed": seed, "nmi": score,
+                                     "seconds": time.perf_counter() - tic})
+                    print(rec.runs[-1], flush=True)
 
 
-def baselines(X, y, k):
-    return {"KMeans": nmi(y, KMeans(k, n_init=10, random_state=0).fit_predict(X)),
-            "GaussianMixture": nmi(y, GaussianMixture(k, random_state=0).fit_predict(X)),
-            "Ward": nmi(y, AgglomerativeClustering(k).fit_predict(X))}
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tables", default=str(HERE.parent.parent / "shared" / "tables"))
-    args = parser.parse_args()
-    rows, means = [], {None: [], "auto": []}
-    load_start = os.getloadavg()[0]
-    for name in TABLES:
-        X, y, k = load(args.tables, name)
-        base = baselines(X, y, k)
+def render(load):
+    r = load("tables")
+    if r is None:
+        return None
+    methods = ["KMeans", "GaussianMixture", "Ward", *PRIORS]
+    rows, means = [], {v: [] for v in PRIORS}
+    for name in dict.fromkeys(x["table"] for x in r["runs"]):
+        runs = [x for x in r["runs"] if x["table"] == name]
         cells = []
-        for prior in (None, "auto"):
-            scores, seconds = ours(X, y, k, prior)
-            means[prior].append(np.mean(scores))
-            cells.append(" / ".join(f"{s:.3f}" for s in scores) + f" ({seconds:.1f} s)")
-        rows.append(f"| {name} ({k}) | {base['KMeans']:.3f} | {base['GaussianMixture']:.3f} | "
-                    f"{base['Ward']:.3f} | {cells[0]} | {cells[1]} |")
-        print(rows[-1], flush=True)
-    sys.path.insert(0, str(HERE))
-    from _report import machine_description, write_section
-
-    text = "\n".join([
+        for method in methods:
+            mine = [x for x in runs if x["method"] == method]
+            if method in PRIORS:
+                means[method] += [x["nmi"] for x in mine]
+                cells.append(" / ".join(f"{x['nmi']:.3f}" for x in mine)
+                             + f" ({max(x['seconds'] for x in mine):.1f} s)")
+            else:
+                cells.append(f"{mine[0]['nmi']:.3f}")
+        rows.append([f"{name} ({runs[0]['classes']})", *cells])
+    seeds = " / ".join(str(s) for s in r["settings"]["seeds"])
+    return "\n".join([
         "## Small real tables (`benchmarks/tables.py`)", "",
-        f"Command: `python benchmarks/tables.py`. Machine: {machine_description()}; torch "
-        f"threads {torch.get_num_threads()}; 1-minute load average {load_start:.1f} at the "
-        "start. Feature columns standardised; NMI against the class column; "
-        "SelfLabelClusterer with `SinkhornAssigner(lam=10, tol=0.01, prior=...)` and every "
-        "other parameter at its default, seeds 0 / 1 / 2 (slowest fit in brackets).", "",
-        "| table (classes) | KMeans | GaussianMixture | Ward | equal sizes (default) | "
-        "`prior=\"auto\"` |", "|---|---|---|---|---|---|", *rows, "",
-        f"Mean over tables and seeds: equal sizes {np.mean(means[None]):.3f}, "
-        f"`prior=\"auto\"` {np.mean(means['auto']):.3f}.",
+        quick_banner(r) + source(r, "tables"), "",
+        "Tables from `skselflabel.datasets.load_table`, feature columns standardised; NMI "
+        "against the class column; SelfLabelClusterer with "
+        f"`SinkhornAssigner(lam={LAM:g}, tol={TOL:g}, prior=...)` and every other parameter "
+        f"at its default{', ' + budget(r['settings']['budget']) if r['settings']['budget'] else ''}"
+        f", seeds {seeds} (slowest fit in brackets).", "",
+        table(["table (classes)", *methods], rows), "",
+        "Mean over tables and seeds: " + ", ".join(
+            f"{v} {statistics.mean(m):.3f}" for v, m in means.items()) + ".",
     ])
-    print(f"wrote {write_section('tables', text)}")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ else:
     nb_execution_mode = "off"
 # tqdm's text bar rewrites its line with carriage returns: show the final line only.
 nb_merge_streams = True
-# No ipywidgets JavaScript from a CDN; a widget output shows its text form.
+# No ipywidgets JavaScript from a CDN; a widget output (from a user's own cell) shows its
+# text form.
 nb_ipywidgets_js = {}
 nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
 

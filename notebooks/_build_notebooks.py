@@ -56,6 +56,14 @@ QUICKSTART = [
     `SelfLabelClusterer` learns a representation and balanced cluster labels together
     (SeLa). Here it clusters scikit-learn's 8x8 handwritten digits, and we compare it with
     KMeans on the raw pixels.
+
+    > **Read this first where the outputs below say "quick mode"** (as on the
+    > documentation site, which runs the notebook on the test suite's budget: 500 images,
+    > three epochs): the network is barely trained, so KMeans scores higher than
+    > `SelfLabelClusterer` and some clusters stay empty. That is not what the method does
+    > at its default budget: the README's demo table (`make demo`, every image, default
+    > settings) shows it well above KMeans and Ward. Run the notebook without
+    > `SKSELFLABEL_QUICK` to see that here.
     """),
     code(QUICK_CELL + '''
 
@@ -167,6 +175,14 @@ FASHION = [
 
     The data come from local files (`apt-get install dataset-fashion-mnist`, or see
     `load_fashion_mnist`); nothing is downloaded.
+
+    > **Read this first where the outputs below say "quick mode"** (as on the
+    > documentation site, which runs the notebook on the test suite's budget: 600 training
+    > images, one epoch): the model is barely trained, so the clusters are poor, most of
+    > them may be empty (the image grid then has fewer rows than clusters), and the
+    > training curves have a single point. The full budget (all 60,000 images, default
+    > settings) gives the README's Fashion-MNIST results, far better than these. Run the
+    > notebook without `SKSELFLABEL_QUICK` to see that here.
     """),
     code(QUICK_CELL + '''
 
@@ -198,7 +214,7 @@ print(X_train.shape, X_test.shape, "from", train.data_dir)'''),
 
     Default settings with 10 clusters. On the full training set this takes a while on a
     CPU. `verbose=1` shows a progress bar with the loss and the share of labels the latest
-    self-label step changed (a widget where ipywidgets is installed, else a line of text).
+    self-label step changed (a line of text, redrawn in place).
     """),
     code('''
     budget = {"max_epochs": 1} if QUICK else {}

@@ -148,8 +148,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         gives reproducible results on the CPU.
 
     verbose : int, default=0
-        1 shows a progress bar over the batches (tqdm; plain lines per epoch without it)
-        with the loss, the fraction of labels changed and the head being self-labelled.
+        1 shows a progress bar over the batches (tqdm, in a terminal or Jupyter) with the
+        loss, the fraction of labels changed and the head being self-labelled; without
+        tqdm, or when stderr is a pipe or a file, one plain line per epoch.
 
     warm_start : bool, default=False
         When True and fitted before on samples of the same shape, ``fit`` continues
@@ -296,11 +297,19 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         self.checkpoint = checkpoint
         self.sync_batch_norm = sync_batch_norm
 
+    def get_params(self, deep=True):
+        params = super().get_params(deep=deep)
+        if deep and self.assigner is None:
+            # The default assigner's parameters, listed where set_params accepts them.
+            params.update({f"assigner__{key}": value
+                           for key, value in default_assigner().get_params().items()})
+        return params
+
     def set_params(self, **params):
         # assigner__<name> with assigner=None first makes the default explicit (grid searches).
-        if (self.assigner is None and "assigner" not in params
-                and any(key.startswith("assigner__") for key in params)):
-            self.assigner = default_assigner()
+        if any(key.startswith("assigner__") for key in params):
+            if params.get("assigner", self.assigner) is None:
+                params["assigner"] = default_assigner()
         return super().set_params(**params)
 
     # ------------------------------------------------------------------ fitting

@@ -1,9 +1,12 @@
-"""Image data sets for trying self-labelling: Fashion-MNIST from local IDX files (nothing
-downloads), and scikit-learn's digits as images."""
+"""Data sets for trying self-labelling: Fashion-MNIST from local IDX files (nothing
+downloads), scikit-learn's digits as images, and four small real tables shipped with the
+package."""
+import importlib.resources
 import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch
 
@@ -14,6 +17,8 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "load_fashion_mnist",
     "load_digits_images",
+    "load_table",
+    "TABLES",
     "fashion_mnist_available",
     "read_idx",
     "write_idx",
@@ -315,3 +320,88 @@ def _images_or_bunch(images, target, return_X_y, **fields):
     if return_X_y:
         return images, target
     return Bunch(images=images, data=images.reshape(len(images), -1), target=target, **fields)
+
+
+#: The small real tables that :func:`load_table` loads.
+TABLES = ("penguins", "olive", "crabs", "glass")
+
+
+def _table_descr(name):
+    """The table's row of the shipped README (source, licence), under its header."""
+    readme = importlib.resources.files("skselflabel").joinpath("_tables", "README.md")
+    lines = readme.read_text().splitlines()
+    header = [line for line in lines if line.startswith("| file |")]
+    row = [line for line in lines if line.startswith(f"| {name}.csv |")]
+    intro = "\n".join(lines[2:7])
+    return f"{name}\n{'=' * len(name)}\n\n{intro}\n\n" + "\n".join(header + row) + "\n"
+
+
+def load_table(name, *, return_X_y=False, as_frame=False):
+    """Load one of four small real labelled tables shipped with the package (no download).
+
+    ``penguins`` (342 x 4, 3 species), ``olive`` (572 x 8, 3 regions of Italy), ``crabs``
+    (200 x 5, 4 species-and-sex groups) and ``glass`` (214 x 9, 6 glass types): tables of
+    measurements whose classes differ in size, from R packages (sources and licences are
+    in ``DESCR``). Feature columns are returned as they are: standardise them before
+    clustering. The benchmarks page measures :class:`~skselflabel.SelfLabelClusterer` on
+    them.
+
+    Parameters
+    ----------
+    name : {"penguins", "olive", "crabs", "glass"}
+        The table.
+    return_X_y : bool, default=False
+        If True, return ``(data, target)`` instead of a Bunch.
+    as_frame : bool, default=False
+        If True, ``data`` is a pandas DataFrame with the column names (and ``frame`` holds
+        the label column too).
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With attributes
+
+        data : ndarray of shape (n_samples, n_features) or DataFrame
+            The measurements, float64.
+        target : ndarray of shape (n_samples,), dtype int64
+            The class of each row, ``0 .. n_classes - 1`` in order of first appearance.
+        target_names : list of str
+            The class names, indexed by target.
+        feature_names : list of str
+            The column names.
+        frame : DataFrame
+            The whole CSV, label column included.
+        DESCR : str
+            Source, licence and class sizes.
+
+    (data, target) : tuple
+        If `return_X_y` is True.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not one of the four tables.
+
+    Examples
+    --------
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from skselflabel.datasets import load_table
+    >>> X, y = load_table("penguins", return_X_y=True)
+    >>> X.shape, [int(n) for n in np.bincount(y)]
+    ((342, 4), [151, 123, 68])
+    >>> X = StandardScaler().fit_transform(X)
+    """
+    if name not in TABLES:
+        raise ValueError(f"name must be one of {', '.join(map(repr, TABLES))}; got {name!r}.")
+    path = importlib.resources.files("skselflabel").joinpath("_tables", f"{name}.csv")
+    with importlib.resources.as_file(path) as csv:
+        frame = pd.read_csv(csv)
+    codes, names = pd.factorize(frame["label"])
+    features = frame.drop(columns=["label"]).astype(np.float64)
+    data = features if as_frame else features.to_numpy()
+    target = codes.astype(np.int64)
+    if return_X_y:
+        return data, target
+    return Bunch(data=data, target=target, target_names=[str(n) for n in names],
+                 feature_names=list(features.columns), frame=frame,
+                 DESCR=_table_descr(name))

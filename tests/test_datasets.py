@@ -244,3 +244,26 @@ def test_fashion_mnist_available_says_whether_the_files_are_there(tmp_path):
     assert datasets.fashion_mnist_available() is False
     make_split(tmp_path / "home", "t10k", n=3, seed=0)
     assert datasets.fashion_mnist_available(tmp_path / "home") is True
+
+
+# --------------------------------------------------------------------- small real tables
+@pytest.mark.parametrize("name, shape, sizes", [
+    ("penguins", (342, 4), [151, 123, 68]), ("olive", (572, 8), [323, 98, 151]),
+    ("crabs", (200, 5), [50, 50, 50, 50]), ("glass", (214, 9), [70, 76, 17, 13, 9, 29])])
+def test_the_shipped_tables_load_as_their_readme_says(name, shape, sizes):
+    from skselflabel.datasets import load_table
+
+    bunch = load_table(name)
+    assert bunch.data.shape == shape and bunch.data.dtype == np.float64
+    assert np.bincount(bunch.target).tolist() == sizes
+    assert len(bunch.target_names) == len(sizes) and len(bunch.feature_names) == shape[1]
+    assert "licence" in bunch.DESCR and f"{name}.csv" in bunch.DESCR
+    X, y = load_table(name, return_X_y=True, as_frame=True)
+    assert list(X.columns) == bunch.feature_names and (y == bunch.target).all()
+
+
+def test_an_unknown_table_is_refused():
+    from skselflabel.datasets import load_table
+
+    with pytest.raises(ValueError, match="penguins"):
+        load_table("iris")

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the public API (hypothesis).
 
-Every call either returns finite, valid output or raises one of a small documented set of
-exceptions with a message (docs/errors.md); a failed call never changes a fitted
+Valid input (as the docs define it) always fits and predicts. Every call either returns
+finite, valid output or raises one of a small documented set of exceptions with a message
+(docs/errors.md); a failed call never changes a fitted
 estimator; nothing crashes the interpreter (the crash-prone family, solving in place over
 memory maps, runs in a child process). The examples are derandomized so that the suite is
 the same on every run and bounded in time (about 20 s on two cores); set
@@ -243,6 +244,48 @@ def test_fit_gives_a_valid_model_or_says_why_and_changes_nothing(fitted, X, para
     proba, _ = _call(lambda: est.predict_proba(X))
     assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1.0, atol=1e-5)
     assert np.isfinite(est.transform(X)).all()
+
+
+@st.composite
+def valid_fits(draw):
+    """Inputs and parameters the docs call valid: finite tables or images of a real float
+    dtype, numpy or torch, at least as many samples as clusters, parameters in range."""
+    kind = draw(st.sampled_from(["table", "table", "gray", "channels"]))
+    n = draw(st.integers(8, 30))
+    shape = {"table": (n, draw(st.integers(1, 6))), "gray": (n, 6, 6),
+             "channels": (n, draw(st.sampled_from([1, 3])), 6, 6)}[kind]
+    X = draw(arrays(np.float64, shape, elements=plain)).astype(
+        draw(st.sampled_from([np.float32, np.float64])))
+    params = {
+        "n_clusters": draw(st.integers(1, min(5, n))),
+        "n_heads": draw(st.integers(1, 2)),
+        "batch_size": draw(st.one_of(st.just("auto"), st.integers(2, 40))),
+        "optimizer": draw(st.sampled_from(["adam", "adamw", "sgd"])),
+        "n_neighbors": draw(st.one_of(st.just("auto"), st.integers(0, 12))),
+        "diffusion_steps": draw(st.one_of(st.just("auto"), st.integers(0, 3))),
+        "neighbor_prob": draw(st.one_of(st.just("auto"), st.floats(0, 1))),
+        "backbone": draw(st.sampled_from(["auto", "cnn"] if kind != "table" else
+                                         ["auto", "mlp"])),
+    }
+    return (torch.from_numpy(X) if draw(st.booleans()) else X), params
+
+
+@fuzz(40)
+@given(case=valid_fits())
+def test_valid_input_fits_and_predicts(case):
+    # No exception is allowed here: these are inputs and parameters the docs accept.
+    X, params = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # duplicates may leave clusters empty
+        est = SelfLabelClusterer(max_epochs=1, n_label_updates=1, random_state=0,
+                                 device="cpu", **params).fit(X)
+        n, k = len(X), params["n_clusters"]
+        assert est.labels_.shape == (n,) and ((0 <= est.labels_) & (est.labels_ < k)).all()
+        assert est.self_labels_.shape == (params["n_heads"], n)
+        np.testing.assert_array_equal(est.predict(X), est.labels_)
+        proba = est.predict_proba(X)
+        assert proba.shape == (n, k) and np.allclose(proba.sum(1), 1.0, atol=1e-5)
+        assert np.isfinite(est.transform(X)).all()
 
 
 @fuzz(100)

@@ -8,6 +8,7 @@ import torch
 from .._assigner import SinkhornAssigner
 from .._data.augment import resolve_augment
 from .._solver.checks import check_prior
+from .assigner_protocol import check_assigner
 
 # Batch: 128 samples, but at least this many steps per epoch on small data sets (so that
 # the schedule and the neighbour views get enough steps), and never below 16 samples
@@ -98,7 +99,8 @@ def default_assigner():
 
 
 def checked_assigner(assigner, n_clusters):
-    """The assigner a fit uses (the default for None), with its parameters validated."""
+    """The assigner a fit uses (the default for None), with its parameters validated and
+    its ``assign_tensor`` checked against the protocol (``assigner_protocol``)."""
     assigner = default_assigner() if assigner is None else assigner
     if callable(getattr(assigner, "_validate_params", None)):
         assigner._validate_params()
@@ -108,7 +110,7 @@ def checked_assigner(assigner, n_clusters):
     if getattr(assigner, "input", "logits") != "logits":
         raise ValueError("The assigner of SelfLabelClusterer receives logits; got an "
                          f"assigner with input={assigner.input!r}. Use input='logits'.")
-    return assigner
+    return check_assigner(assigner)
 
 
 def n_batches(n_samples, batch_size, n_processes=1):

@@ -2,7 +2,6 @@
 listeners keep ``history_``, draw the ``verbose`` progress bar and call scikit-learn's
 callbacks."""
 from dataclasses import dataclass
-import importlib.util
 import sys
 
 import pandas as pd
@@ -205,19 +204,27 @@ def _in_jupyter_kernel():
 
 
 def tqdm_class():
-    """tqdm's widget bar in a Jupyter kernel where ipywidgets is installed, else its text
-    bar. (``tqdm.auto`` chooses the same way but warns "IProgress not found" where
-    ipywidgets is missing, although the text bar works there.) ImportError without tqdm."""
-    if _in_jupyter_kernel() and importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.notebook import tqdm
-    else:
-        from tqdm.std import tqdm
+    """tqdm's text bar, in a terminal and in Jupyter alike (Jupyter redraws it in place).
+    ``tqdm.auto`` would draw an ipywidgets widget in Jupyter, which no test can draw and
+    the documentation cannot show offline, and warns "IProgress not found" without
+    ipywidgets. ImportError without tqdm."""
+    from tqdm.std import tqdm
+
     return tqdm
 
 
+def _redraws_in_place(stream):
+    """Whether a bar redrawn with carriage returns shows as one line: a terminal, or a
+    Jupyter kernel's output (not a pipe or a log file)."""
+    isatty = getattr(stream, "isatty", None)
+    return _in_jupyter_kernel() or bool(isatty and isatty())
+
+
 def make_progress(n_epochs, steps_per_epoch, desc="SelfLabelClusterer"):
-    """A tqdm bar over gradient steps (see :func:`tqdm_class`) when tqdm is importable,
-    else plain lines on stdout."""
+    """A tqdm bar over gradient steps (see :func:`tqdm_class`) when tqdm is importable and
+    stderr redraws in place, else plain lines on stdout, one per epoch."""
+    if not _redraws_in_place(sys.stderr):
+        return _LineProgress(n_epochs, desc)
     try:
         tqdm = tqdm_class()
     except ImportError:
@@ -229,7 +236,8 @@ def make_progress(n_epochs, steps_per_epoch, desc="SelfLabelClusterer"):
 class ProgressReporter(FitListener):
     """The ``verbose=1`` listener: a bar over all gradient steps that moves with every
     batch, shows the epoch's loss and label change, and names the head being self-labelled
-    during self-label steps (a tqdm bar; without tqdm, one line per epoch)."""
+    during self-label steps (a tqdm bar; without tqdm, or when stderr is a pipe or a file,
+    one line per epoch)."""
 
     def __init__(self, desc="SelfLabelClusterer"):
         self.desc = desc

@@ -165,7 +165,7 @@ def balanced_log_likelihood(network, feeder, assigner):
             # A few samples cannot always meet the cluster sizes exactly; the labels are
             # still the best balanced guess, which is all the score needs.
             warnings.simplefilter("ignore", category=Warning)
-            labels = assigner.assign_tensor(logits, copy=False).labels
+            labels = assigner.assign_tensor(logits, uniform=False, copy=False).labels
         del logits
         picked = torch.cat([batch.gather(1, labels[start:start + batch.shape[0], None])[:, 0]
                             for start, batch in head_batches(head, features)])

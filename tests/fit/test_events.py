@@ -107,3 +107,4 @@ def test_callbacks_propagate_from_a_pipeline(digits, capsys):
     out = capsys.readouterr()
     assert "Pipeline - fit" in out.out + out.err
     assert "SelfLabelClusterer - fit" in out.out + out.err
+

@@ -159,3 +159,14 @@ def test_fashion_notebook_shows_the_progress_bar_it_promises(executed):
                and "verbose=1" in cell.source)
     shown = "".join(_text(out) for out in fit.outputs)
     assert re.search(r"SelfLabelClusterer: 100%.*\d+/\d+ \[", shown), shown
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "balanced_assignment" not in p.name],
+                         ids=lambda p: p.stem)
+def test_notebooks_that_train_say_at_the_top_what_the_quick_budget_shows(path):
+    # The docs site runs them on the quick budget, which scores worse than the README: the
+    # first cell must say so before any output.
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert first.cell_type == "markdown"
+    text = " ".join(first.source.split())
+    assert "Read this first" in text and "quick mode" in text and "README" in text

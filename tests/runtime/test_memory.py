@@ -76,3 +76,22 @@ def test_score_and_the_solver_check_too(blobs, monkeypatch):
         SinkhornAssigner().fit(z)
     monkeypatch.delenv(ENV)
     assert np.isfinite(est.score(blobs))
+
+
+def test_the_errors_page_shows_the_message_the_estimator_gives(monkeypatch):
+    # docs/errors.md quotes a MemoryError; it must be today's, word for word.
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from skselflabel import SelfLabelClusterer
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    quoted = re.search(r"<!-- BEGIN memory-example[^>]*-->\n```text\n(.*?)```", page,
+                       flags=re.S).group(1)
+    monkeypatch.setenv("SKSELFLABEL_MEMORY_LIMIT", "2GiB")
+    X = np.random.default_rng(0).random((200_000, 64), dtype=np.float32)
+    with pytest.raises(MemoryError) as caught:
+        SelfLabelClusterer(n_clusters=3000, n_heads=10, device="cpu").fit(X)
+    assert " ".join(quoted.split()) == " ".join(str(caught.value).split())

@@ -1,15 +1,5 @@
-"""The section "scale" of docs/benchmarks.md, written from benchmarks/results/scale_*.json."""
-import json
-from pathlib import Path
-
-from _report import write_section
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _load(case):
-    path = RESULTS / f"scale_{case}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+"""The section "scale" of docs/benchmarks.md, from benchmarks/results/scale_*.json."""
+from _markdown import quick_banner, source
 
 
 def _gib(n_bytes):
@@ -23,11 +13,7 @@ def _sizes(heads, target):
 
 
 def _run_line(r):
-    threads = r.get("fit_threads", 1)     # n_jobs=None: one thread
-    return (f"Machine: {r['machine']}; fit threads {threads} (the default n_jobs=None); "
-            f"1-minute load "
-            f"average {r['load_start']:.1f} at the start, {r['load_end']:.1f} at the end. "
-            f"Command: `{r['command']}`.")
+    return quick_banner(r) + source(r, f"scale_{r['case']}")
 
 
 def _fashion(r):
@@ -117,12 +103,17 @@ def _recall_verdict(rows):
             "does not grow with N).")
 
 
-def write_report():
+def render_scale(load):
+    """The section from ``load("scale_<case>")`` of each case; None when no case has run."""
+    found = {case: load(f"scale_{case}") for case in
+             ("fashion", "heads", "imagenet", "memmap", "graph")}
+    if not any(found.values()):
+        return None
     parts = ["## SelfLabelClusterer at scale (`benchmarks/scale.py`)", "",
              "Each case ran in its own process: `python benchmarks/scale.py <case>`."]
-    for case, render in (("fashion", _fashion), ("heads", _heads), ("imagenet", _imagenet),
-                         ("memmap", _memmap), ("graph", _graph)):
-        result = _load(case)
-        parts += ["", render(result) if result else f"### {case}\n\nNot run yet."]
-    path = write_section("scale", "\n".join(parts))
-    print(f"wrote {path}")
+    renders = {"fashion": _fashion, "heads": _heads, "imagenet": _imagenet,
+               "memmap": _memmap, "graph": _graph}
+    for case, result in found.items():
+        parts += ["", renders[case](result) if result else
+                  f"### {case}\n\nNot run yet: `python benchmarks/scale.py {case}`."]
+    return "\n".join(parts)
