@@ -4,7 +4,6 @@ import pytest
 
 from skselflabel import SelfLabelClusterer
 from skselflabel._fit.fit import fit_phases
-from skselflabel._fit.inference import score_needs
 from skselflabel._runtime.memory import ENV, peak
 from skselflabel._solver import sinkhorn
 from skselflabel._solver.sinkhorn import solver_needs
@@ -28,9 +27,6 @@ def test_estimates_follow_the_sizes():
     assert len(bare) == 1 and peak(bare)[0] < total - 150e6
     one_head = fit_phases(200_000, 64, 3000, 1, width=128, n_neighbors=10, diffusion_steps=40)
     assert peak(one_head)[0] == total - 9 * 200_000 * 8
-    # score: one n x K float32 buffer, the features and the solver's warm-up.
-    score, _ = peak([score_needs(200_000, 3000, 128)])
-    assert score < 1.3 * 200_000 * 3000 * 4
     # The solver copies only when it must; a whole-matrix warm-up is its kernel buffer.
     assert (sum(n.nbytes for n in solver_needs(100_000, 1000, copies=True))
             - sum(n.nbytes for n in solver_needs(100_000, 1000))) == 100_000 * 1000 * 4
@@ -39,7 +35,7 @@ def test_estimates_follow_the_sizes():
 
 def test_shrinking_the_warm_up_shrinks_its_memory_estimate(monkeypatch):
     # The solver's warm-up constants have one home: what tests (and users) change there,
-    # the estimates of the solve, the self-label step and score follow.
+    # the estimates of the solve and the self-label step follow.
     def warm_up(phases):
         return sum(n.nbytes for phase in phases for n in phase if n.what == "solver warm-up")
 
@@ -48,7 +44,6 @@ def test_shrinking_the_warm_up_shrinks_its_memory_estimate(monkeypatch):
     monkeypatch.setattr(sinkhorn, "_WARMUP_ELEMENTS", 100_000)
     assert warm_up(fit_phases(100_000, 64, 100, 1, 128, 10, 5)) == 2 * 1000 * 100 * 4
     assert warm_up([solver_needs(100_000, 100)]) == 2 * 1000 * 100 * 4
-    assert warm_up([score_needs(100_000, 100, 128)]) == 2 * 1000 * 100 * 4
 
 
 @pytest.fixture
