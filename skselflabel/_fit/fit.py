@@ -152,6 +152,7 @@ def _train(run, events):
     fitted = run.fitted(network, first_head_labels(network, run.feeder, run.team),
                          self_labels=run.labels.cpu().numpy(), n_iter=outcome.epochs,
                          cluster_sizes=labeller.sizes(config.n_clusters),
+                         sizes_estimated=labeller.estimates_sizes(),
                          start_scores=start_scores)
     return fitted, outcome
 

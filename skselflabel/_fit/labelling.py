@@ -25,7 +25,7 @@ EARLY_SIZE_TOLERANCE = 2.0
 # With prior="auto", the cluster proportions are estimated from this share of training on;
 # before, the sizes stay equal: an untrained network's proportions are noise that the
 # following steps would lock in.
-AUTO_PRIOR_FROM = 0.1
+AUTO_PRIOR_FROM = 0.2
 
 
 class NonFiniteOutput(FloatingPointError):
@@ -172,10 +172,14 @@ class SelfLabeller:
         return torch.tensor([error, 0.0, logits.numel()], dtype=torch.float64)
 
     def _sizes_wait(self, progress):
-        """Whether cluster proportions that the assigner would estimate (``prior="auto"``)
-        are kept equal at this point of training."""
+        """Whether cluster proportions that the assigner would estimate are kept equal at
+        this point of training."""
+        return self.estimates_sizes() and progress < AUTO_PRIOR_FROM
+
+    def estimates_sizes(self):
+        """Whether the assigner estimates the cluster proportions (``prior="auto"``)."""
         prior = getattr(self.assigner, "prior", None)
-        return isinstance(prior, str) and prior == "auto" and progress < AUTO_PRIOR_FROM
+        return isinstance(prior, str) and prior == "auto"
 
     def _share(self, new, report, n_clusters):
         """Every head's labels and report, and the first head's proportions, in every
