@@ -13,11 +13,11 @@ from torch import nn
 
 from ._data.checks import check_predict_input
 from ._data.sources import Feeder
-from ._fit.config import checked_assigner, default_assigner
+from ._fit.config import auto_neighbor_features, default_assigner
 from ._fit.events import CallbackSupportMixin
 from ._fit.exemplars import check_ranking, exemplars
 from ._fit.fit import fit_model
-from ._fit.inference import (balanced_log_likelihood, first_head_labels, first_head_logits,
+from ._fit.inference import (first_head_labels, first_head_logits, graph_agreement,
                              prediction_needs, representation_needs, represent)
 from ._fit.state import FittedModelMixin, alias_moved_modules, commit
 from ._runtime.allocation import record, reports_memory_failures
@@ -53,10 +53,23 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
     gradient steps may train on a random neighbour of a sample with the sample's
     self-label as target (``neighbor_prob``). The user guide explains every parameter.
 
+    A fit makes ``n_init`` starts (networks and self-labels drawn from different seeds),
+    trains each for a short trial, and continues the one whose self-labels agree best with
+    the neighbour graph (:func:`~skselflabel.metrics.neighbor_agreement`, also
+    :meth:`score`): which clusters a start finds is settled early, and a start that cuts
+    through dense regions of the data is told apart without labels.
+
     Parameters
     ----------
     n_clusters : int, default=10
         Number of clusters of every head; the first head is behind :meth:`predict`.
+
+    n_init : int or "auto", default="auto"
+        Starts compared by a trial of a fifth of the epochs (at least one, and always
+        fewer than ``max_epochs``); the best continues. A fit costs about
+        ``1 + (n_init - 1) / 5`` times a fit of one start. "auto" is 4, or 1 when
+        ``max_epochs`` is below 5. A warm start, and a fit resumed from a checkpoint,
+        make one start.
 
     n_heads : int, default=1
         Linear heads on the shared backbone, each with its own self-labels; the loss is
@@ -184,6 +197,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
     cluster_sizes_ : ndarray of shape (n_clusters,)
         The cluster proportions of the first head's last self-label step: the assigner's
         ``prior`` (estimated from the data with ``prior="auto"``), or equal ones.
+    start_agreement_ : ndarray of shape (n_init,)
+        Only after a fit of several starts: the neighbour agreement of each start's
+        self-labels at the end of its trial (the largest one was continued).
     n_iter_ : int
         Epochs run (the last one partial if fitting was interrupted).
     history_ : pandas.DataFrame
@@ -239,6 +255,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
 
     _parameter_constraints = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "backbone": [StrOptions({"auto", "mlp", "cnn"}), nn.Module, callable],
         "assigner": [HasMethods(["assign_tensor"]), None],
@@ -265,7 +282,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         "sync_batch_norm": ["boolean"],
     }
 
-    def __init__(self, n_clusters=10, *, n_heads=1, backbone="auto", assigner=None,
+    def __init__(self, n_clusters=10, *, n_init="auto", n_heads=1, backbone="auto",
+                 assigner=None,
                  max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
@@ -273,6 +291,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
                  n_jobs=None, random_state=None, verbose=0, warm_start=False,
                  checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters
+        self.n_init = n_init
         self.n_heads = n_heads
         self.backbone = backbone
         self.assigner = assigner
@@ -416,30 +435,37 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
     @uses_n_jobs
     @reports_memory_failures
     def score(self, X, y=None):
-        r"""Negative SeLa objective on ``X``: higher is better.
+        r"""Label-free quality of the clustering of ``X``: how rarely it separates nearest
+        neighbours (higher is better).
 
-        The first head's log-probabilities :math:`\log p(k \mid x_i)` are scored against
-        the balanced labels :math:`q_i` that the assigner gives ``X``:
-        :math:`\frac{1}{n}\sum_i \log p(q_i \mid x_i)`, minus the cross-entropy that
-        training minimises. It is at most 0, and near 0 when the network puts ``X``
-        confidently into clusters of the intended sizes. It falls with ``n_clusters``
-        (:math:`-\log K` for an undecided network), which biases it towards few clusters:
-        it cannot choose ``n_clusters`` (the user guide says how to choose).
+        :func:`~skselflabel.metrics.neighbor_agreement` of :meth:`predict` on the
+        10-nearest-neighbour graph of ``X``, with empty clusters counting 0: the mean over
+        the ``n_clusters`` clusters of the share of their members' neighbours that share
+        their cluster. The graph is built in a space that depends on ``X`` only (gradient
+        histograms for images of at least 16 x 16 pixels, else the inputs; a callable
+        ``neighbor_features`` is used as it is), never in the network's own features, so
+        models of other seeds or settings can be compared on the same ``X``: a fit's
+        ``n_init`` starts are chosen by it. It falls as clusters are added, so it compares
+        fits with the same ``n_clusters`` best (the user guide's "Choosing without
+        labels").
 
         Parameters
         ----------
         X : array-like, memory map, DataFrame, torch.Tensor or torch Dataset
-            Samples shaped like the training data.
+            At least two samples shaped like the training data.
         y : None
             Ignored.
 
         Returns
         -------
         score : float
-            Mean log-likelihood of the balanced labels.
+            In [0, 1].
         """
-        return balanced_log_likelihood(self._fitted_network(), self._inference_input(X),
-                                       checked_assigner(self.assigner, self.n_clusters))
+        features = self.neighbor_features
+        if not callable(features):
+            features = auto_neighbor_features(self._sample_shape)
+        return graph_agreement(self._fitted_network(), self._inference_input(X),
+                               self.n_clusters, features)
 
     @uses_n_jobs
     @reports_memory_failures

@@ -24,7 +24,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
-from skselflabel.metrics import cluster_accuracy
+from skselflabel.metrics import cluster_accuracy, neighbor_agreement
 
 FAST = dict(max_epochs=4, random_state=0)
 
@@ -109,12 +109,15 @@ def test_clusters_blobs(blobs):
     assert cluster_accuracy(y, clu.labels_) > 0.95
 
 
-def test_score_is_a_log_likelihood(fitted, blobs):
-    s = fitted.score(blobs[0])
-    assert np.isfinite(s) and s <= 0
-    # A network trained on the data explains it better than an untrained-looking one.
-    untrained = SelfLabelClusterer(n_clusters=3, max_epochs=1, lr=1e-6, random_state=0)
-    assert s > untrained.fit(blobs[0]).score(blobs[0])
+def test_score_is_the_neighbour_agreement_of_the_clusters(fitted, blobs):
+    X = blobs[0]
+    s = fitted.score(X)
+    assert s == pytest.approx(neighbor_agreement(X, fitted.predict(X), n_clusters=3))
+    assert 0.9 < s <= 1
+    # A network trained on the data cuts fewer neighbour pairs than an untrained one.
+    untrained = SelfLabelClusterer(n_clusters=3, max_epochs=1, lr=1e-6, n_init=1,
+                                   random_state=0)
+    assert s > untrained.fit(X).score(X) + 0.05
 
 
 def test_fit_predict_equals_labels(blobs):
@@ -209,7 +212,8 @@ def test_grid_search_in_parallel_matches_sequential(blobs):
 def test_grid_search_over_the_default_assigner(blobs):
     search = GridSearchCV(SelfLabelClusterer(n_clusters=3, **FAST),
                           {"assigner__lam": [10.0, 25.0]}, cv=2).fit(blobs[0])
-    assert np.all(search.cv_results_["mean_test_score"] <= 0)
+    assert np.all((search.cv_results_["mean_test_score"] > 0.9)
+                  & (search.cv_results_["mean_test_score"] <= 1))
     assert search.best_estimator_.assigner.lam == search.best_params_["assigner__lam"]
     # set_params on the default assigner makes it explicit and leaves other instances alone.
     est = SelfLabelClusterer().set_params(assigner__lam=3.0, assigner__prior=[1] * 10)
@@ -466,7 +470,9 @@ def test_neighbor_features_auto_uses_gradients_for_images_of_16_pixels_or_more(m
     small = rng.random((40, 1, 8, 8)).astype(np.float32)
     SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0).fit(big)
     assert seen and {shape[1:] for shape in seen} == {(1, 16, 16)}
-    assert sum(shape[0] for shape in seen[1:]) == 40    # one pass over the 40 images
+    # The memory plan's width (one blank image), the width probe (two), one pass over
+    # the 40 images.
+    assert sum(shape[0] for shape in seen) == 1 + 2 + 40
     seen.clear()
     SelfLabelClusterer(n_clusters=2, max_epochs=1, random_state=0).fit(small)
     assert seen == []                                   # 8x8: pixels
@@ -642,14 +648,14 @@ def test_cluster_examples_errors(fitted, blobs, kwargs, match):
 
 # --------------------------------------------------------------------- choosing n_clusters
 @pytest.mark.parametrize("n_clusters", [2, 5, 10])
-def test_score_of_an_undecided_network_is_minus_log_k(blobs, n_clusters):
-    # Why score cannot compare different n_clusters: with every logit equal, each sample
-    # scores log(1 / K), whatever the data.
+def test_a_network_that_puts_everything_in_one_cluster_scores_one_over_k(blobs,
+                                                                          n_clusters):
+    # Empty clusters count 0: a collapsed network cannot look good by cutting nothing.
     est = SelfLabelClusterer(n_clusters=n_clusters, **FAST).fit(blobs[0])
     with torch.no_grad():
         est.heads_[0].weight.zero_()
         est.heads_[0].bias.zero_()
-    assert est.score(blobs[0]) == pytest.approx(-np.log(n_clusters), rel=1e-6)
+    assert est.score(blobs[0]) == pytest.approx(1 / n_clusters)
 
 
 def test_grid_search_over_n_clusters_scored_against_labels_finds_the_blobs(blobs):

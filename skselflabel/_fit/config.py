@@ -39,6 +39,13 @@ IMAGE_NEIGHBOR_PROB, TABLE_NEIGHBOR_PROB = 1.0, 0.5
 # (a lazy random walk must spread a label over a cluster, and the farther it walks the
 # more it blurs neighbouring clusters together): 20 steps at m = 200, within [1, 60].
 DIFFUSION_STEPS_AT_200, MIN_DIFFUSION_STEPS, MAX_DIFFUSION_STEPS = 20.0, 1.0, 60.0
+# Starts compared by a trial (n_init="auto"), and the share of training a trial takes: the
+# self-labels of a start settle early, so a short trial tells the starts apart (the user
+# guide's "Choosing without labels"). Fits of fewer epochs than MIN_EPOCHS_TO_RESTART make
+# one start: a trial would be most of the fit.
+AUTO_N_INIT = 4
+TRIAL_FRACTION = 0.2
+MIN_EPOCHS_TO_RESTART = 5
 # Images need a few 4 x 4 cells per side for gradient histograms to help; on 8 x 8 digits
 # pixels make the better graph.
 MIN_GRADIENT_SIDE = 16
@@ -73,6 +80,8 @@ class FitConfig:
     steps_per_epoch: int
     max_epochs: int
     n_label_updates: int
+    n_init: int                  # starts compared by a trial
+    trial_epochs: int            # epochs of each start's trial
     # Self-labels, neighbour graph and views.
     assigner: object             # checked; the default for None
     n_neighbors: int
@@ -176,8 +185,19 @@ def _schedule(params, n_samples, n_processes):
     n_label_updates = int(_auto(params["n_label_updates"], min(
         MAX_LABEL_UPDATES, max(MIN_LABEL_UPDATES, LABEL_UPDATE_SAMPLES // n_samples),
         MAX_LABEL_UPDATES_PER_EPOCH * max_epochs)))
+    n_init = int(_auto(params["n_init"],
+                       AUTO_N_INIT if max_epochs >= MIN_EPOCHS_TO_RESTART else 1))
+    trial_epochs = min(max_epochs - 1, max(1, round(TRIAL_FRACTION * max_epochs)))
     return dict(batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                max_epochs=max_epochs, n_label_updates=n_label_updates)
+                max_epochs=max_epochs, n_label_updates=n_label_updates,
+                n_init=n_init if trial_epochs >= 1 else 1, trial_epochs=trial_epochs)
+
+
+def auto_neighbor_features(sample_shape):
+    """The neighbour space of ``neighbor_features="auto"`` for samples of this shape:
+    gradient histograms for images of at least 16 x 16 pixels, else the inputs."""
+    is_image = len(sample_shape) == 3
+    return "gradients" if is_image and min(sample_shape[1:]) >= MIN_GRADIENT_SIDE else "input"
 
 
 def _graph(params, n_samples, sample_shape):
@@ -192,7 +212,6 @@ def _graph(params, n_samples, sample_shape):
                                  DIFFUSION_STEPS_AT_200 * math.sqrt(cluster_size / 200))))))
     features = params["neighbor_features"]
     if isinstance(features, str) and features == "auto":
-        features = ("gradients" if is_image and min(sample_shape[1:]) >= MIN_GRADIENT_SIDE
-                    else "input")
+        features = auto_neighbor_features(sample_shape)
     return dict(n_neighbors=n_neighbors, neighbor_prob=neighbor_prob,
                 neighbor_features=features, diffusion_steps=diffusion_steps)

@@ -34,8 +34,9 @@ class EpochRecord:
 class FitListener:
     """Base class of listeners: every hook does nothing unless overridden."""
 
-    def on_fit_begin(self, n_epochs, steps_per_epoch):
-        """Training of ``n_epochs`` epochs of ``steps_per_epoch`` steps starts."""
+    def on_fit_begin(self, n_epochs, steps_per_epoch, first_epoch=1):
+        """Training of ``n_epochs`` epochs of ``steps_per_epoch`` steps starts (or goes on,
+        from epoch ``first_epoch``: after a start's trial, or from a checkpoint)."""
 
     def on_epoch_begin(self, epoch):
         """Epoch ``epoch`` (1-based, within this fit) starts."""
@@ -63,9 +64,9 @@ class EventStream:
     def __init__(self, listeners):
         self.listeners = list(listeners)
 
-    def fit_begin(self, n_epochs, steps_per_epoch):
+    def fit_begin(self, n_epochs, steps_per_epoch, first_epoch=1):
         for listener in self.listeners:
-            listener.on_fit_begin(n_epochs, steps_per_epoch)
+            listener.on_fit_begin(n_epochs, steps_per_epoch, first_epoch)
 
     def epoch_begin(self, epoch):
         for listener in self.listeners:
@@ -134,8 +135,10 @@ class SklearnCallbacks(FitListener):
     def supported(estimator):
         return hasattr(estimator, "_init_callback_context")
 
-    def on_fit_begin(self, n_epochs, steps_per_epoch):
-        self.root = self.estimator._init_callback_context(max_subtasks=n_epochs)
+    def on_fit_begin(self, n_epochs, steps_per_epoch, first_epoch=1):
+        # The epochs this fit trains (a start's trial and a checkpoint's epochs are done).
+        self.root = self.estimator._init_callback_context(
+            max_subtasks=n_epochs - first_epoch + 1)
         self.root.call_on_fit_task_begin(estimator=self.estimator, X=self.X, y=self.y)
 
     def on_epoch_begin(self, epoch):
@@ -244,7 +247,7 @@ class ProgressReporter(FitListener):
         self.progress = None
         self.stats = {}
 
-    def on_fit_begin(self, n_epochs, steps_per_epoch):
+    def on_fit_begin(self, n_epochs, steps_per_epoch, first_epoch=1):
         self.progress = make_progress(n_epochs, steps_per_epoch, self.desc)
 
     def on_batch_end(self, step):
@@ -274,3 +277,11 @@ def fit_events(estimator, X, y, history, snapshot, verbose=0, leader=True):
     if SklearnCallbacks.supported(estimator):
         listeners.append(SklearnCallbacks(estimator, X, y, snapshot))
     return EventStream(listeners)
+
+
+def trial_events(history, start, n_starts, verbose=0, leader=True):
+    """The event stream of the trial of one of ``n_starts`` starts (``n_init``): its own
+    ``history`` and, with ``verbose``, a progress bar named after the start; scikit-learn
+    callbacks hear of the chosen start only, from the end of its trial on."""
+    desc = f"SelfLabelClusterer start {start + 1}/{n_starts}"
+    return EventStream([history] + ([ProgressReporter(desc)] if verbose and leader else []))

@@ -11,7 +11,6 @@ from sklearn.utils import check_random_state
 
 from .._data.augment import draws_per_sample
 from .._data.checks import CheckedInput, check_cluster_count, check_fit_input
-from .._data.descriptors import gradient_histograms
 from .._data.input_scaling import InputScaling
 from .._data.sources import Feeder
 from .._runtime.allocation import memory_step, plan
@@ -21,14 +20,14 @@ from .._runtime.processes import (Team, join_team, leader_warnings, process_devi
                                   training_device)
 from .agreement import check_agreement
 from .backbones import build_network
-from .config import FitConfig, resolve_config
-from .events import HistoryRecorder, empty_history, fit_events
-from .graph import NeighborGraph, knn_needs
+from .config import AUTO_NEIGHBORS, FitConfig, resolve_config
+from .events import HistoryRecorder, empty_history, fit_events, trial_events
+from .graph import NeighborGraph, knn_needs, neighbor_width
 from .inference import first_head_labels
 from .labelling import NonFiniteOutput, SelfLabeller, label_step_needs
 from .resume import FitCheckpoint, open_checkpoint
 from .state import FittedModel, FittedNetwork
-from .training import Generators, Trainer
+from .training import Generators, Trainer, TrainOutcome
 
 
 def fit_model(estimator, X, y):
@@ -82,6 +81,8 @@ class Run:
     generators: Generators
     labels: torch.Tensor             # the self-labels, (n_heads, n_samples)
     history: HistoryRecorder
+    seeds: list                      # the first start's seeds (others derive from them)
+    n_starts: int = 1                # starts compared by their trial (n_init)
 
     def snapshot(self):
         """Fitted attributes of the network as it stands (copies), for the fitted
@@ -109,17 +110,29 @@ def _start(config, data, team, checkpoint, previous):
         network = checkpoint.restore_network(network)
     check_fit_memory(config, data, network)
     feeder = Feeder(data.source, network.scaling, config.device)
-    # Batch order and neighbour views alike in every process; augmentation alike too when
-    # it draws per sample (Trainer._augment gives each row its one-process draws), else
-    # each process's own.
-    generators = Generators(
+    restarts = (config.n_init > 1 and (checkpoint is None or checkpoint.saved is None)
+                and not _continues(config, data, previous))
+    return Run(config=config, data=data, team=team, checkpoint=checkpoint, network=network,
+               feeder=feeder, generators=_generators(config, feeder, team, seeds),
+               labels=initial_labels(network.heads, data.n_samples, init_gen, config.device),
+               history=HistoryRecorder(), seeds=seeds,
+               n_starts=config.n_init if restarts else 1)
+
+
+def _generators(config, feeder, team, seeds):
+    """The training generators of a start: batch order and neighbour views alike in every
+    process; augmentation alike too when it draws per sample (Trainer._augment gives each
+    row its one-process draws), else each process's own."""
+    return Generators(
         views=torch.Generator(feeder.index_device).manual_seed(seeds[1]),
         augment=torch.Generator(config.device).manual_seed(
             seeds[2] + (0 if draws_per_sample(config.augment) else team.rank)))
-    labels = initial_labels(network.heads, data.n_samples, init_gen, config.device)
-    return Run(config=config, data=data, team=team, checkpoint=checkpoint, network=network,
-               feeder=feeder, generators=generators, labels=labels,
-               history=HistoryRecorder())
+
+
+def _continues(config, data, previous):
+    """Whether the fit continues ``previous`` (a warm start) rather than starting afresh."""
+    return (config.warm_start and previous is not None
+            and previous.sample_shape == data.sample_shape)
 
 
 def _train(run, events):
@@ -130,37 +143,99 @@ def _train(run, events):
         graph = None
         if config.n_neighbors > 0:
             with memory_step("building the neighbour graph", lambda: knn_needs(
-                    run.data.n_samples, neighbor_width(config, run.data), config.n_neighbors)):
+                    run.data.n_samples, neighbor_width(config.neighbor_features,
+                                                       run.data.sample_shape),
+                    config.n_neighbors)):
                 graph = NeighborGraph.build(run.feeder, config.neighbor_features,
                                             config.n_neighbors, run.team)
-        labeller = SelfLabeller(config.assigner, graph, config.diffusion_steps, run.team)
-        trainer = Trainer(run.network, config, labeller, run.generators, events, run.team,
-                          run.checkpoint)
+        trainer, start_scores, outcome = (_best_start(run, graph, events) if run.n_starts > 1
+                                          else (_trainer(run, graph, events), None, None))
+        labeller = trainer.labeller
         if run.checkpoint is not None:
             if run.checkpoint.saved is not None:
                 run.checkpoint.restore_training(trainer, run.labels, run.history)
             run.checkpoint.follow(run.history, run.network)
-        with diverged_training(trainer, run.history, config):
-            outcome = trainer.run(run.feeder, run.labels)
+        if outcome is None:         # else a Ctrl-C stopped the trials
+            with diverged_training(trainer, run.history, config):
+                outcome = trainer.run(run.feeder, run.labels)
     network = replace(run.network, history=run.history.frame(run.network.history))
     fitted = run.fitted(network, first_head_labels(network, run.feeder, run.team),
                          self_labels=run.labels.cpu().numpy(), n_iter=outcome.epochs,
-                         cluster_sizes=labeller.sizes(config.n_clusters))
+                         cluster_sizes=labeller.sizes(config.n_clusters),
+                         sizes_estimated=labeller.estimates_sizes(),
+                         start_scores=start_scores)
     return fitted, outcome
 
 
-def initial_network(config, data, generator, previous=None):
+def _trainer(run, graph, events):
+    """A trainer of ``run``'s network, with a self-labeller of its own."""
+    labeller = SelfLabeller(run.config.assigner, graph, run.config.diffusion_steps, run.team)
+    return Trainer(run.network, run.config, labeller, run.generators, events, run.team,
+                   run.checkpoint)
+
+
+def _best_start(run, graph, events):
+    """Train ``run.n_starts`` starts for ``config.trial_epochs`` epochs each and keep the
+    one whose self-labels agree best with the neighbour graph (``n_init``): ``run`` takes
+    the chosen start's network, generators, labels and history.
+
+    Returns its trainer (to go on with ``events``), every start's agreement, and the
+    outcome of training when a Ctrl-C ended the trials (the best start so far is kept),
+    else None. The first start is the one of ``n_init=1``; the others draw their seeds
+    from its seeds. Only the best start so far stays in memory beside the one on trial.
+    """
+    config = run.config
+    judge = graph if graph is not None else NeighborGraph.build(
+        run.feeder, config.neighbor_features, min(AUTO_NEIGHBORS, config.n_samples - 1),
+        run.team)
+    best, scores, outcome = None, [], None
+    for start in range(run.n_starts):
+        candidate = replace(run if start == 0 else _other_start(run, start),
+                            checkpoint=None, history=HistoryRecorder())
+        trainer = _trainer(candidate, graph, trial_events(
+            candidate.history, start, run.n_starts, config.verbose, run.team.leader))
+        with diverged_training(trainer, candidate.history, config):
+            outcome = trainer.run(run.feeder, candidate.labels, until=config.trial_epochs)
+        scores.append(judge.agreement(candidate.labels[0], config.n_clusters))
+        if best is None or scores[-1] > scores[best[0]]:
+            best = (start, candidate, trainer)
+        if outcome.interrupted is not None:
+            break
+    _, chosen, trainer = best
+    run.network, run.generators, run.labels = chosen.network, chosen.generators, chosen.labels
+    run.history.records = list(chosen.history.records)
+    trainer.events, trainer.checkpoint = events, run.checkpoint
+    stopped = outcome.interrupted is not None
+    return (trainer, np.asarray(scores),
+            TrainOutcome(trainer.epoch, outcome.interrupted) if stopped else None)
+
+
+def _other_start(run, start):
+    """Start number ``start`` (> 0) of ``run``: a new network and new generators and
+    labels from seeds derived from the first start's, the same input scaling."""
+    seeds = np.random.SeedSequence([*run.seeds, start]).generate_state(3) % (2**31 - 1)
+    seeds = [int(v) for v in seeds]
+    init_gen = torch.Generator().manual_seed(seeds[0])
+    network = initial_network(run.config, run.data, init_gen, scaling=run.network.scaling)
+    return replace(run, network=network, history=HistoryRecorder(),
+                   generators=_generators(run.config, run.feeder, run.team, seeds),
+                   labels=initial_labels(network.heads, run.data.n_samples, init_gen,
+                                         run.config.device))
+
+
+def initial_network(config, data, generator, previous=None, scaling=None):
     """The network (on the training device), input scaling and history a fit starts from:
     copies of ``previous`` for a warm start on samples of the same shape, new ones
-    otherwise."""
-    if (config.warm_start and previous is not None
-            and previous.sample_shape == data.sample_shape):
+    otherwise (with ``scaling`` when given, else one fitted to the data)."""
+    if _continues(config, data, previous):
         network = copy.deepcopy(previous)
     else:
         backbone, heads, width, n_out = build_network(
             config.backbone, data.sample_shape, config.n_clusters, config.n_heads, generator)
         network = FittedNetwork(backbone=backbone, heads=heads, head_width=width,
-                                n_features_out=n_out, scaling=InputScaling.fit(data.source),
+                                n_features_out=n_out,
+                                scaling=InputScaling.fit(data.source) if scaling is None
+                                else scaling,
                                 history=empty_history(), sample_shape=data.sample_shape)
     network.backbone.to(config.device)
     network.heads.to(config.device)
@@ -210,19 +285,10 @@ def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps):
 def check_fit_memory(config, data, network):
     """Refuse, with a MemoryError that says why, a fit whose buffers do not fit its device;
     run before the large allocations."""
-    plan(fit_phases(data.n_samples, neighbor_width(config, data), config.n_clusters,
-                    config.n_heads, network.head_width, config.n_neighbors,
-                    config.diffusion_steps),
+    d = neighbor_width(config.neighbor_features, data.sample_shape)
+    plan(fit_phases(data.n_samples, d, config.n_clusters, config.n_heads,
+                    network.head_width, config.n_neighbors, config.diffusion_steps),
          config.device, "SelfLabelClusterer.fit")
-
-
-def neighbor_width(config, data):
-    """Values per sample of the space the neighbour graph is searched in (before any
-    projection): the gradient histograms of images, else the samples' own."""
-    if (isinstance(config.neighbor_features, str) and config.neighbor_features == "gradients"
-            and len(data.sample_shape) == 3):    # for tables the graph says what is wrong
-        return gradient_histograms(torch.zeros((1, *data.sample_shape))).shape[1]
-    return math.prod(data.sample_shape)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """The k-nearest-neighbour graph of the training set: built once per fit in a neighbour space,
 it gives neighbour views for gradient steps and smooths labels by diffusion before each
 self-label step (the user guide's "Views and the neighbour graph")."""
+import math
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ from .._data.descriptors import gradient_histograms
 from .._runtime.interrupt import check_interrupt
 from .._runtime.memory import FLOAT32, INT64, Need
 from .._runtime.processes import SOLO
+from ..metrics import drop_self, neighbor_agreement
 
 # Rows of the (chunk, n_neighbors, K) gather of a diffusion step: about 64 MB at a time.
 DIFFUSION_CHUNK_ELEMENTS = 2**24
@@ -228,16 +230,7 @@ def _faiss_neighbors(x, n_neighbors, start, stop):
         faiss.omp_set_num_threads(threads)
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, n_neighbors + 1)
     _, found = index.search(data[start:stop], n_neighbors + 1)
-    return torch.from_numpy(_drop_self(found, n_neighbors, start))
-
-
-def _drop_self(found, n_neighbors, first=0):
-    """Each row's neighbours without the point itself (row ``i`` is point ``first + i``),
-    or without its last one when the search did not return the point, as may happen with
-    exact duplicates."""
-    own = found == np.arange(first, first + found.shape[0])[:, None]
-    own[~own.any(1), -1] = True
-    return found[~own].reshape(found.shape[0], n_neighbors).astype(np.int64)
+    return torch.from_numpy(drop_self(found, n_neighbors, start))
 
 
 def _project(x, dim):
@@ -271,6 +264,12 @@ class NeighborGraph:
         start, stop = team.shard(feeder.n_samples)
         local = nearest_neighbors(points, n_neighbors, rows=(start, stop))
         return cls(team.gather_rows(local, feeder.n_samples))
+
+    def agreement(self, labels, n_clusters):
+        """:func:`~skselflabel.metrics.neighbor_agreement` of ``labels`` (a tensor of the
+        graph's samples) on this graph."""
+        return neighbor_agreement(None, labels.cpu().numpy(), n_clusters=n_clusters,
+                                  neighbors=self.indices.cpu().numpy())
 
     def views(self, idx, prob, generator):
         """Training inputs for the samples ``idx``: each a random neighbour with
@@ -310,6 +309,16 @@ class NeighborGraph:
         self.walk_(probs, n_steps, scratch, chunk_elements)
         # Sinkhorn needs scores; tiny floor so that log stays finite.
         return probs.clamp_(min=1e-8).log_()
+
+
+def neighbor_width(features, sample_shape):
+    """Values per sample of the neighbour space ``features`` (before any projection): the
+    gradient histograms' length for images, else the sample's size (for tables the graph
+    itself says what is wrong with "gradients"; an embedding counts as the samples)."""
+    if (isinstance(features, str) and features == "gradients"
+            and len(sample_shape) == 3):
+        return gradient_histograms(torch.zeros((1, *sample_shape))).shape[1]
+    return math.prod(sample_shape)
 
 
 def graph_needs(n, n_neighbors):

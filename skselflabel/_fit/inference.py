@@ -1,14 +1,13 @@
 """Running a fitted network over many samples in fixed-size batches (the last zero-padded),
 so that a sample's output never depends on what else is computed with it."""
-import warnings
-
 import torch
 
 from .._runtime.interrupt import check_interrupt
 from .._runtime.allocation import memory_step, plan
 from .._runtime.memory import FLOAT32, INT64, Need
 from .._runtime.processes import SOLO
-from .._solver.sinkhorn import solver_needs
+from .config import AUTO_NEIGHBORS
+from .graph import NeighborGraph, knn_needs, neighbor_width
 
 INFERENCE_BATCH = 256
 
@@ -117,14 +116,6 @@ def first_head_labels(network, feeder, team=SOLO):
     return labels_from_features(network.heads[0], features)
 
 
-def score_needs(n, n_clusters, width):
-    """What ``score(X)`` on ``n`` samples allocates: features, one head's logits, an
-    in-place solve."""
-    return [Need("features", n * width * FLOAT32, "n_samples"),
-            Need("logits", n * n_clusters * FLOAT32, "n_samples (score X in parts)")
-            ] + solver_needs(n, n_clusters)
-
-
 def prediction_needs(n, width, n_clusters=0):
     """What ``predict`` (``n_clusters=0``: labels) or ``predict_proba`` (logits and
     probabilities of ``n_clusters``) on ``n`` samples allocates, besides the batches."""
@@ -140,33 +131,19 @@ def representation_needs(n, width):
     return [Need("representation", n * width * FLOAT32, "n_samples (transform X in parts)")]
 
 
-def balanced_log_likelihood(network, feeder, assigner):
-    """Mean log-probability, under the first head, of the balanced labels of the feeder's
-    samples.
-
-    Holds one ``n x n_clusters`` float32 buffer: the logits' row log-normalisers are taken
-    batch by batch, the assigner overwrites the logits (``copy=False``), and the logit of
-    each sample's label is recomputed from the features in the same padded batches, so it
-    is bit for bit the one the labels came from.
-    """
-    head, width = network.heads[0], network.head_width
-    n, k = feeder.n_samples, head.out_features
-    plan([score_needs(n, k, width)], feeder.device, "SelfLabelClusterer.score")
-    with torch.no_grad():
-        with memory_step("embedding the samples"):
-            features = embed(network.backbone, feeder, width)
-        with memory_step("the first head's logits"):
-            logits = torch.empty((n, k), device=features.device)
-            log_norm = torch.empty(n, dtype=torch.float64, device=features.device)
-            for start, batch in head_batches(head, features):
-                logits[start:start + batch.shape[0]] = batch
-                log_norm[start:start + batch.shape[0]] = torch.logsumexp(batch.double(), 1)
-        with warnings.catch_warnings():
-            # A few samples cannot always meet the cluster sizes exactly; the labels are
-            # still the best balanced guess, which is all the score needs.
-            warnings.simplefilter("ignore", category=Warning)
-            labels = assigner.assign_tensor(logits, uniform=False, copy=False).labels
-        del logits
-        picked = torch.cat([batch.gather(1, labels[start:start + batch.shape[0], None])[:, 0]
-                            for start, batch in head_batches(head, features)])
-    return float((picked.double() - log_norm).mean())
+def graph_agreement(network, feeder, n_clusters, features):
+    """:func:`~skselflabel.metrics.neighbor_agreement` of the first head's labels of the
+    feeder's samples on their k-NN graph in the space ``features`` (see
+    :func:`~skselflabel._fit.graph.neighbor_points`)."""
+    n = feeder.n_samples
+    if n < 2:
+        raise ValueError(f"score needs at least 2 samples (it compares each sample with its "
+                         f"nearest neighbours); got {n}.")
+    n_neighbors = min(AUTO_NEIGHBORS, n - 1)
+    plan([knn_needs(n, neighbor_width(features, network.sample_shape), n_neighbors)],
+         feeder.device, "SelfLabelClusterer.score")
+    with memory_step("building the neighbour graph"):
+        graph = NeighborGraph.build(feeder, features, n_neighbors)
+    with memory_step("labelling the samples"):
+        labels = first_head_labels(network, feeder)
+    return graph.agreement(labels, n_clusters)

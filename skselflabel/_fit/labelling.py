@@ -23,6 +23,10 @@ from .inference import embed_shared
 # clusters (the user guide's "Many clusters" measures it), while an untrained network
 # with thousands of clusters would otherwise pile every sample into a few.
 EARLY_SIZE_TOLERANCE = 2.0
+# With prior="auto", the cluster proportions are estimated from this share of training on;
+# before, the sizes stay equal: an untrained network's proportions are noise that the
+# following steps would lock in.
+AUTO_PRIOR_FROM = 0.2
 
 
 class NonFiniteOutput(FloatingPointError):
@@ -172,14 +176,24 @@ class SelfLabeller:
             # reported in history_ (label_error) instead of a warning per step.
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = self.assigner.assign_tensor(
-                logits, uniform=h > 0, copy=False, previous_prior=self.proportions
-                if h == 0 else None,
+                logits, uniform=h > 0 or self._sizes_wait(progress), copy=False,
+                previous_prior=self.proportions if h == 0 else None,
                 min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
         if h == 0 and getattr(result, "prior", None) is not None:
             self.proportions = result.prior
         out.copy_(result.labels)
         error = float(getattr(result, "marginal_error", 0))
         return torch.tensor([error, 0.0, logits.numel()], dtype=torch.float64)
+
+    def _sizes_wait(self, progress):
+        """Whether cluster proportions that the assigner would estimate are kept equal at
+        this point of training."""
+        return self.estimates_sizes() and progress < AUTO_PRIOR_FROM
+
+    def estimates_sizes(self):
+        """Whether the assigner estimates the cluster proportions (``prior="auto"``)."""
+        prior = getattr(self.assigner, "prior", None)
+        return isinstance(prior, str) and prior == "auto"
 
     def _share(self, new, report, n_clusters):
         """Every head's labels and report, and the first head's proportions, in every

@@ -13,7 +13,8 @@ from .._runtime.processes import inference_device
 # Everything fit sets: replaced together when a fit commits, never one by one.
 FITTED = ("labels_", "self_labels_", "cluster_sizes_", "n_iter_", "history_", "backbone_",
           "heads_", "n_features_in_", "feature_names_in_", "_sample_shape", "_scaling",
-          "_device", "_head_width", "_n_features_out")
+          "_device", "_head_width", "_n_features_out", "start_agreement_",
+          "sizes_estimated_")
 # Layout of the pickled state; a pickle of another layout is refused with a clear message.
 STATE_VERSION = 2
 # Where classes of a fitted model lived before the package had folders: pickles of state
@@ -50,6 +51,8 @@ class FittedModel:
     self_labels: np.ndarray = None
     cluster_sizes: np.ndarray = None
     n_iter: int = None
+    start_scores: np.ndarray = None   # the agreement of every start's trial (n_init > 1)
+    sizes_estimated: bool = None      # whether cluster_sizes were estimated from the data
 
     def attributes(self):
         """The estimator's fitted attributes."""
@@ -60,7 +63,9 @@ class FittedModel:
                      n_iter_=self.n_iter, cluster_sizes_=self.cluster_sizes,
                      _device=self.device, labels_=self.labels,
                      n_features_in_=self.n_features_in, _sample_shape=net.sample_shape,
-                     feature_names_in_=self.feature_names_in)
+                     feature_names_in_=self.feature_names_in,
+                     start_agreement_=self.start_scores,
+                     sizes_estimated_=self.sizes_estimated)
         return {name: value for name, value in found.items() if value is not None}
 
 

@@ -172,22 +172,24 @@ class Trainer:
             self.events.label_update(float(self.label_change), self.labeller.last_error,
                                      final=True)
 
-    def run(self, feeder, labels):
+    def run(self, feeder, labels, until=None):
         """Train on the samples of ``feeder`` with the self-labels ``labels`` (updated in
-        place)."""
+        place): to the end, or to the end of epoch ``until`` (a trial of a start, which a
+        later call continues)."""
         cfg = self.config
         interrupted, status, self.labels = None, "failed", labels
-        self.events.fit_begin(cfg.max_epochs, cfg.steps_per_epoch)
+        self.events.fit_begin(cfg.max_epochs, cfg.steps_per_epoch, first_epoch=self.epoch + 1)
         try:
             with (InterruptFlag(deferred=self.team.world > 1), warnings.catch_warnings(),
                   shared_batch_norm(self.network, self.team, cfg.sync_batch_norm)):
                 # DDP warns when a gradient's strides differ from its bucket's in a size-1
                 # dimension only (1-channel convolutions on the CPU): the same memory.
                 warnings.filterwarnings("ignore", message="Grad strides do not match")
-                self._train(feeder, labels)
-                # A last self-label step so that the self-labels match the final network.
-                self._relabel(feeder, labels, final=True)
-            status = "done"
+                self._train(feeder, labels, cfg.max_epochs if until is None else until)
+                if self.finished:
+                    # A last self-label step so that the self-labels match the final network.
+                    self._relabel(feeder, labels, final=True)
+            status = "done" if self.finished else "paused"
         except KeyboardInterrupt:
             if not self.stop_agreed and self.team.world > 1:
                 raise     # a second Ctrl-C in one process: no agreed place to stop at
@@ -202,13 +204,13 @@ class Trainer:
             self.events.fit_end(status)
         return TrainOutcome(epochs=self.epoch, interrupted=interrupted)
 
-    def _train(self, feeder, labels):
-        """The epochs, from the first (or where a checkpoint left off) to the last."""
+    def _train(self, feeder, labels, last):
+        """The epochs from the next one (the first, or where a trial or a checkpoint left
+        off) to ``last``."""
         cfg = self.config
         if self.finished:           # resumed after the last epoch: only the final step is left
             return
-        first = 1 if self.resume_at is None else self.resume_at["epoch"]
-        for self.epoch in range(first, cfg.max_epochs + 1):
+        for self.epoch in range(self.epoch + 1, last + 1):
             self._start_epoch(feeder.device)
             for _ in self._batches(feeder, labels):
                 if self.team.any_process(interrupt_requested()):

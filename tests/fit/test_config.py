@@ -70,3 +70,15 @@ def test_processes_share_each_batch_and_each_needs_two_samples():
     assert config.batch_size == 8 and config.steps_per_epoch == 12    # 4 left: 1 each
     with pytest.raises(ValueError, match="shared by 4 processes.*at least 8"):
         resolve_config(_params(batch_size=6), 100, (4,), n_processes=4)
+
+
+@pytest.mark.parametrize("max_epochs, n_init, expected", [
+    (40, "auto", (4, 8)),       # digits: four starts, trials of a fifth of the epochs
+    (10, "auto", (4, 2)),       # Fashion-MNIST's ten epochs: trials of two
+    (4, "auto", (1, 1)),        # too short to compare starts
+    (4, 3, (3, 1)),             # asked for: trials of one epoch
+    (1, 3, (1, 0)),             # one epoch leaves no room for a trial
+])
+def test_starts_and_their_trials(max_epochs, n_init, expected):
+    config = resolve_config(_params(max_epochs=max_epochs, n_init=n_init), 1000, (4,))
+    assert (config.n_init, config.trial_epochs) == expected

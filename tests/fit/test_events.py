@@ -84,7 +84,7 @@ def test_progress_bar_callback_shows_progress(digits, capsys):
 
 def test_callbacks_get_one_task_per_epoch_and_can_stop(digits):
     rec = Recording(stop_at=2)
-    clu = SelfLabelClusterer(n_clusters=10, max_epochs=5, random_state=0)
+    clu = SelfLabelClusterer(n_clusters=10, max_epochs=5, n_init=1, random_state=0)
     clu.set_callbacks(rec).fit(digits[0])
     epochs = [t for t in rec.tasks if t[1] == "epoch"]
     assert [t[2] for t in epochs] == [0, 1]                  # stopped after epoch 2 of 5
@@ -108,3 +108,13 @@ def test_callbacks_propagate_from_a_pipeline(digits, capsys):
     assert "Pipeline - fit" in out.out + out.err
     assert "SelfLabelClusterer - fit" in out.out + out.err
 
+
+def test_callbacks_hear_of_the_chosen_start_after_its_trial(digits):
+    rec = Recording(stop_at=None)
+    clu = SelfLabelClusterer(n_clusters=10, max_epochs=5, n_init=2, random_state=0)
+    clu.set_callbacks(rec).fit(digits[0])
+    epochs = [t for t in rec.tasks if t[1] == "epoch"]
+    # A trial of one epoch per start; the four epochs after it are the callbacks' tasks.
+    assert [t[2] for t in epochs] == [0, 1, 2, 3] and rec.tasks[-1][1] == "fit"
+    assert clu.n_iter_ == 5 and list(clu.history_["epoch"]) == [1, 2, 3, 4, 5]
+    assert clu.start_agreement_.shape == (2,)
