@@ -104,11 +104,10 @@ def test_a_training_batch_cpu_or_cuda(fitted, monkeypatch):
 def test_score_and_predict(fitted, monkeypatch):
     est, X = fitted
     predicted, score = est.predict(X), est.score(X)
-    monkeypatch.setattr(sinkhorn, "_solve_blocks", fail)
+    monkeypatch.setattr(graph, "nearest_neighbors", fail)
     with pytest.raises(MemoryError, match=r"^SelfLabelClusterer.score ran out of cpu memory "
-                       r"in the Sinkhorn-Knopp iterations \(RuntimeError: .*The estimate of "
-                       r"SelfLabelClusterer.score is .*logits .*\(lower: n_samples \(score X "
-                       r"in parts\)\)"):
+                       r"in building the neighbour graph \(RuntimeError: .*The estimate of "
+                       r"SelfLabelClusterer.score is .*k-NN .*\(lower: n_samples"):
         est.score(X)
     monkeypatch.undo()
     monkeypatch.setenv(ENV, "256MiB")
