@@ -195,6 +195,17 @@ def verdict(r):
     return f"Targets (issue 19), over the {len(ours)} seed(s): " + "; ".join(parts) + "."
 
 
+def starts(r):
+    """Which start each seed kept, with every start's agreement at the end of its trial."""
+    parts = [f"seed {x['seed']}: start {max(range(len(a)), key=a.__getitem__)} "
+             f"({', '.join(f'{v:.3f}' for v in a)})"
+             for x in r["runs"] if (a := x.get("start_agreement"))]
+    if not parts:
+        return ""
+    return ("Start kept by `n_init` (the neighbour agreement of each start's self-labels "
+            "at the end of its trial, start 0 first): " + "; ".join(parts) + ".")
+
+
 def anchors():
     return ("Published end-to-end results on the same data (ACC / NMI, from their papers): "
             + ", ".join(f"{name} {a:.3f} / {n:.3f}" for name, a, n in ANCHORS) + ".")
@@ -221,7 +232,7 @@ def render(load):
         f"in [0, 1], shape (n, 28, 28); max_epochs {s['max_epochs'] or 'auto (default)'}. "
         f"Probe: StandardScaler + LogisticRegression(max_iter={s['probe_max_iter']}) fitted "
         "on the training features, scored on the test images. KMeans: n_init=10 on pixels.",
-        "", table(HEAD, _rows(r)), "", verdict(r), "", anchors(),
+        "", table(HEAD, _rows(r)), "", verdict(r), "", starts(r), "", anchors(),
     ]) + figures
 
 
