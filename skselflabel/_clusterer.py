@@ -8,25 +8,22 @@ import torch
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin,
                           TransformerMixin, _fit_context)
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._data.checks import check_predict_input
-from ._data.sources import Feeder
-from ._fit.config import auto_neighbor_features, default_assigner
+from ._fit.config import DefaultAssignerParams, auto_neighbor_features
 from ._fit.events import CallbackSupportMixin
 from ._fit.exemplars import check_ranking, exemplars
 from ._fit.fit import fit_model
 from ._fit.inference import (first_head_labels, first_head_logits, graph_agreement,
                              prediction_needs, representation_needs, represent)
 from ._fit.state import FittedModelMixin, alias_moved_modules, commit
-from ._runtime.allocation import record, reports_memory_failures
+from ._runtime.allocation import reports_memory_failures
 from ._runtime.threads import uses_n_jobs
 
 alias_moved_modules()       # pickles of the same state format, written before the folders
 
 
-class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
+class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssignerParams,
                          ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
                          BaseEstimator):
     r"""Deep clustering by self-labelling (SeLa, Asano et al., ICLR 2020).
@@ -316,21 +313,6 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         self.checkpoint = checkpoint
         self.sync_batch_norm = sync_batch_norm
 
-    def get_params(self, deep=True):
-        params = super().get_params(deep=deep)
-        if deep and self.assigner is None:
-            # The default assigner's parameters, listed where set_params accepts them.
-            params.update({f"assigner__{key}": value
-                           for key, value in default_assigner().get_params().items()})
-        return params
-
-    def set_params(self, **params):
-        # assigner__<name> with assigner=None first makes the default explicit (grid searches).
-        if any(key.startswith("assigner__") for key in params):
-            if params.get("assigner", self.assigner) is None:
-                params["assigner"] = default_assigner()
-        return super().set_params(**params)
-
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
     @uses_n_jobs
@@ -360,16 +342,6 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin,
         return self
 
     # ------------------------------------------------------------------ inference
-    def _inference_input(self, X, needs=None):
-        """``X`` checked and fed to the fitted model's device; ``needs(n_samples)`` is the
-        memory the call will take (for the message of an allocation failure)."""
-        check_is_fitted(self)
-        source = check_predict_input(self, X, self.num_workers)
-        feeder = Feeder(source, self._scaling, self.heads_[0].weight.device)
-        if needs is not None:
-            record([needs(feeder.n_samples)], feeder.device)
-        return feeder
-
     @uses_n_jobs
     @reports_memory_failures
     def predict(self, X):

@@ -107,6 +107,25 @@ def default_assigner():
                             size_tolerance=DEFAULT_SIZE_TOLERANCE)
 
 
+class DefaultAssignerParams:
+    """Estimator mixin: with ``assigner=None``, ``get_params`` lists the default assigner's
+    parameters (``assigner__lam``, ...) and ``set_params`` accepts them, making the default
+    explicit first, as grid searches expect."""
+
+    def get_params(self, deep=True):
+        params = super().get_params(deep=deep)
+        if deep and self.assigner is None:
+            params.update({f"assigner__{key}": value
+                           for key, value in default_assigner().get_params().items()})
+        return params
+
+    def set_params(self, **params):
+        if any(key.startswith("assigner__") for key in params):
+            if params.get("assigner", self.assigner) is None:
+                params["assigner"] = default_assigner()
+        return super().set_params(**params)
+
+
 def checked_assigner(assigner, n_clusters):
     """The assigner a fit uses (the default for None), with its parameters validated and
     its ``assign_tensor`` checked against the protocol (``assigner_protocol``)."""

@@ -6,8 +6,12 @@ import importlib
 import sys
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._data.checks import check_predict_input
+from .._data.sources import Feeder
+from .._runtime.allocation import record
 from .._runtime.processes import inference_device
 
 # Everything fit sets: replaced together when a fit commits, never one by one.
@@ -109,6 +113,16 @@ class FittedModelMixin:
     def __setstate__(self, state):
         super().__setstate__(checked_state(state))
         place_modules(self)
+
+    def _inference_input(self, X, needs=None):
+        """``X`` checked and fed to the fitted model's device; ``needs(n_samples)`` is the
+        memory the call will take (for the message of an allocation failure)."""
+        check_is_fitted(self)
+        source = check_predict_input(self, X, self.num_workers)
+        feeder = Feeder(source, self._scaling, self.heads_[0].weight.device)
+        if needs is not None:
+            record([needs(feeder.n_samples)], feeder.device)
+        return feeder
 
     def _fitted_network(self):
         """The committed network (the modules themselves), or None before a fit."""
