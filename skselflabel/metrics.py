@@ -145,7 +145,9 @@ def neighbor_agreement(X, labels, *, n_neighbors=10, n_clusters=None, neighbors=
     if neighbors is None:
         from sklearn.neighbors import NearestNeighbors
 
-        X = np.asarray(X, dtype=np.float64).reshape(len(labels), -1)
+        X = np.asarray(X, dtype=np.float64)
+        check_consistent_length(X, labels)
+        X = X.reshape(len(X), -1)
         if not 1 <= n_neighbors < X.shape[0]:
             raise ValueError(f"n_neighbors must be in [1, {X.shape[0] - 1}] for "
                              f"{X.shape[0]} samples, got {n_neighbors}.")
@@ -156,6 +158,10 @@ def neighbor_agreement(X, labels, *, n_neighbors=10, n_clusters=None, neighbors=
     if neighbors.ndim != 2 or neighbors.shape[0] != labels.shape[0]:
         raise ValueError(f"neighbors must have shape (n_samples, n_neighbors) = "
                          f"({labels.shape[0]}, k); got {neighbors.shape}.")
+    if n_clusters is not None and labels.size and not (
+            0 <= labels.min() and labels.max() < n_clusters):
+        raise ValueError(f"labels must be integers in [0, n_clusters) = [0, {n_clusters}); "
+                         f"got values from {labels.min()} to {labels.max()}.")
     _, labels = np.unique(labels, return_inverse=True) if n_clusters is None else (
         None, labels.astype(np.int64))
     k = int(labels.max()) + 1 if n_clusters is None else int(n_clusters)

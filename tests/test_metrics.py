@@ -70,3 +70,24 @@ def test_reexports_are_sklearn_metrics():
 
     assert normalized_mutual_info_score is metrics.normalized_mutual_info_score
     assert adjusted_rand_score is metrics.adjusted_rand_score
+
+
+def test_neighbor_agreement_counts_neighbour_pairs_kept_together_and_refuses_bad_input():
+    import pytest
+
+    from skselflabel.metrics import neighbor_agreement
+
+    X = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
+    assert neighbor_agreement(X, [1, 1, 1, 0, 0, 0], n_neighbors=2) == 1.0
+    # Cutting the left blob: its three points keep 1/2, 1/2 and 0 of their neighbours.
+    cut = neighbor_agreement(X, [0, 0, 1, 1, 1, 1], n_neighbors=2)
+    assert cut == pytest.approx((1 / 2 + (0 + 1 + 1 + 1) / 4) / 2)
+    # An empty cluster counts 0 when n_clusters names it.
+    assert neighbor_agreement(X, [0, 0, 0, 1, 1, 1], n_neighbors=2, n_clusters=3) == \
+        pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        neighbor_agreement(np.zeros((12, 1)), [0] * 6, n_neighbors=2)
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, n_clusters\)"):
+        neighbor_agreement(X, [0, 0, 0, 1, 1, 3], n_neighbors=2, n_clusters=3)
+    with pytest.raises(ValueError, match="n_neighbors must be in"):
+        neighbor_agreement(X, [0] * 6, n_neighbors=6)

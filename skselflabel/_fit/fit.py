@@ -185,9 +185,11 @@ def _best_start(run, graph, events):
     from its seeds. Only the best start so far stays in memory beside the one on trial.
     """
     config = run.config
-    judge = graph if graph is not None else NeighborGraph.build(
-        run.feeder, config.neighbor_features, min(AUTO_NEIGHBORS, config.n_samples - 1),
-        run.team)
+    judge = graph
+    if judge is None:               # n_neighbors=0: a graph only to compare the starts
+        with memory_step("building the neighbour graph that compares the starts"):
+            judge = NeighborGraph.build(run.feeder, config.neighbor_features,
+                                        min(AUTO_NEIGHBORS, config.n_samples - 1), run.team)
     best, scores, outcome = None, [], None
     for start in range(run.n_starts):
         candidate = replace(run if start == 0 else _other_start(run, start),
