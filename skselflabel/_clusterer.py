@@ -137,6 +137,16 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         jitter for images, nothing for tables. A callable maps a float32 batch tensor (and
         a ``generator`` keyword, if it takes one) to a batch of the same shape.
 
+    whiten : bool or "auto", default="auto"
+        Softly whiten tables before training and before the neighbour graph: along each
+        principal axis of variance :math:`\lambda_i` the centred input is scaled by
+        :math:`1/\sqrt{\lambda_i + \bar\lambda}`, where :math:`\bar\lambda` is the mean
+        variance. Directions that dominate the variance (such as overall size in body
+        measurements) are brought down towards the mean, the others are kept. "auto"
+        whitens tables of at most 1,024 columns; False keeps the input's geometry (centred
+        columns, one shared scale). Images are standardised per channel and never
+        whitened.
+
     device : str or torch.device, default="auto"
         Where to train: "auto" is CUDA when available, else the CPU (where a fitted model
         also predicts when its GPU is missing).
@@ -269,6 +279,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                               "array-like"],
         "diffusion_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "augment": [StrOptions({"auto", "none"}), callable, None],
+        "whiten": [StrOptions({"auto"}), "boolean"],
         "device": [str, torch.device],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "n_jobs": [Integral, None],
@@ -284,7 +295,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                  max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
-                 diffusion_steps="auto", augment="auto", device="auto", num_workers=0,
+                 diffusion_steps="auto", augment="auto", whiten="auto", device="auto",
+                 num_workers=0,
                  n_jobs=None, random_state=None, verbose=0, warm_start=False,
                  checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters
@@ -304,6 +316,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         self.neighbor_prob = neighbor_prob
         self.diffusion_steps = diffusion_steps
         self.augment = augment
+        self.whiten = whiten
         self.device = device
         self.num_workers = num_workers
         self.n_jobs = n_jobs

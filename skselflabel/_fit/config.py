@@ -7,6 +7,7 @@ import torch
 
 from .._assigner import SinkhornAssigner
 from .._data.augment import resolve_augment
+from .._data.input_scaling import resolve_whiten
 from .._solver.checks import check_prior
 from .assigner_protocol import check_assigner
 
@@ -76,6 +77,7 @@ class FitConfig:
     # The schedule, for this data.
     n_samples: int
     is_image: bool
+    whiten: bool                 # soft whitening of the input (tables)
     batch_size: int
     steps_per_epoch: int
     max_epochs: int
@@ -182,7 +184,8 @@ def resolve_config(params, n_samples, sample_shape, n_processes=1, device="cpu")
         backbone=params["backbone"], optimizer=params["optimizer"], lr=lr,
         momentum=params["momentum"], weight_decay=params["weight_decay"],
         sync_batch_norm=bool(params.get("sync_batch_norm", True)),
-        n_samples=n_samples, is_image=is_image, **schedule,
+        n_samples=n_samples, is_image=is_image,
+        whiten=resolve_whiten(params.get("whiten", False), sample_shape), **schedule,
         assigner=checked_assigner(params["assigner"], params["n_clusters"]), **graph,
         augment=augment, random_state=params["random_state"],
         warm_start=params["warm_start"], checkpoint=params["checkpoint"],

@@ -11,7 +11,7 @@ from sklearn.utils import check_random_state
 
 from .._data.augment import draws_per_sample
 from .._data.checks import CheckedInput, check_cluster_count, check_fit_input
-from .._data.input_scaling import InputScaling
+from .._data.input_scaling import InputScaling, whitening_needs
 from .._data.sources import Feeder
 from .._runtime.allocation import memory_step, plan
 from .._runtime.failures import SharedFailures
@@ -234,10 +234,12 @@ def initial_network(config, data, generator, previous=None, scaling=None):
     else:
         backbone, heads, width, n_out = build_network(
             config.backbone, data.sample_shape, config.n_clusters, config.n_heads, generator)
+        if scaling is None:
+            with memory_step("fitting the input scaling", lambda: whitening_needs(
+                    data.sample_shape[0]) if config.whiten else []):
+                scaling = InputScaling.fit(data.source, whiten=config.whiten)
         network = FittedNetwork(backbone=backbone, heads=heads, head_width=width,
-                                n_features_out=n_out,
-                                scaling=InputScaling.fit(data.source) if scaling is None
-                                else scaling,
+                                n_features_out=n_out, scaling=scaling,
                                 history=empty_history(), sample_shape=data.sample_shape)
     network.backbone.to(config.device)
     network.heads.to(config.device)

@@ -222,7 +222,9 @@ class FitCheckpoint:
             "history": _history_rows(self.history.records),
             "earlier_history": self.network.history.to_numpy(dtype=float).tolist(),
             "scaling": {"mean": torch.from_numpy(scaling.mean),
-                        "scale": torch.from_numpy(scaling.scale)},
+                        "scale": torch.from_numpy(scaling.scale),
+                        "transform": (None if scaling.transform is None
+                                      else torch.from_numpy(scaling.transform))},
         }
 
     def remove(self):
@@ -243,9 +245,11 @@ class FitCheckpoint:
         rows = state["earlier_history"]
         history = (empty_history() if not rows else pd.DataFrame(
             [[int(r[0]), *r[1:]] for r in rows], columns=HISTORY_COLUMNS))
-        return replace(network, scaling=InputScaling(state["scaling"]["mean"].numpy(),
-                                                     state["scaling"]["scale"].numpy()),
-                       history=history)
+        scaling = state["scaling"]
+        transform = scaling.get("transform")
+        return replace(network, scaling=InputScaling(
+            scaling["mean"].numpy(), scaling["scale"].numpy(),
+            None if transform is None else transform.numpy()), history=history)
 
     def restore_training(self, trainer, labels, history):
         """Continue ``trainer`` (its ``labels`` and ``history``) where the saved state left

@@ -19,3 +19,63 @@ def test_tables_share_one_scale_images_are_standardised_per_channel():
     std = t.transpose(0, 1).reshape(3, -1).std(1)
     torch.testing.assert_close(std[:2], torch.ones(2), atol=1e-2, rtol=0)
     assert float(t[:, 2].abs().max()) == 0.0       # constant channel: scale 1, no NaN
+
+
+def _correlated_table(rng, n=4000):
+    """Two columns along the diagonals, of variances 9 and 0.04."""
+    z = rng.standard_normal((n, 2)) * [3.0, 0.2]
+    rotation = np.array([[1.0, 1.0], [-1.0, 1.0]]) / np.sqrt(2.0)
+    return (z @ rotation + [1.0, -4.0]).astype(np.float32), rotation
+
+
+def test_soft_whitening_brings_dominant_variance_down_to_the_mean_and_keeps_the_rest():
+    rng = np.random.default_rng(0)
+    X, rotation = _correlated_table(rng)
+    scaling = InputScaling.fit(ArraySource(X), whiten=True)
+    t = scaling.apply(torch.from_numpy(X)).double().numpy()
+    np.testing.assert_allclose(t.mean(0), 0.0, atol=1e-5)
+    variances = np.var(t @ rotation.T, axis=0)      # along the two principal axes
+    lam = np.var(X.astype(np.float64) @ rotation.T, axis=0)
+    expected = lam / (lam + lam.mean())             # lambda / (lambda + mean lambda) ...
+    expected /= expected.mean()                     # ... with mean variance 1
+    np.testing.assert_allclose(variances, expected, rtol=1e-3)
+    assert abs(variances.mean() - 1.0) < 1e-3
+    # The ratio of standard deviations falls from 15 to sqrt(0.666 / 0.0088), about 8.7:
+    # only the direction above the mean variance is brought down.
+    assert 8.0 < np.sqrt(variances[0] / variances[1]) < 9.5
+
+
+def test_whitening_statistics_merged_over_batches_equal_the_whole_table():
+    from skselflabel._data.input_scaling import _mean_covariance
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((1000, 5)) * [1.0, 2.0, 3.0, 0.1, 50.0] + 7.0
+    batches = [torch.from_numpy(X[s:s + 97]) for s in range(0, 1000, 97)]
+    mean, cov = _mean_covariance(batches)
+    np.testing.assert_allclose(mean, X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(X.T, bias=True), rtol=1e-10)
+
+
+def test_constant_table_whitens_to_zeros_without_nan():
+    X = np.full((50, 3), 2.5, dtype=np.float32)
+    t = InputScaling.fit(ArraySource(X), whiten=True).apply(torch.from_numpy(X))
+    assert torch.equal(t, torch.zeros_like(t))
+
+
+def test_whiten_auto_is_for_tables_up_to_the_column_limit_and_true_refuses_images():
+    import pytest
+    from skselflabel._data.input_scaling import MAX_AUTO_WHITEN_COLUMNS, resolve_whiten
+    assert resolve_whiten("auto", (MAX_AUTO_WHITEN_COLUMNS,)) is True
+    assert resolve_whiten("auto", (MAX_AUTO_WHITEN_COLUMNS + 1,)) is False
+    assert resolve_whiten("auto", (1, 8, 8)) is False
+    assert resolve_whiten(True, (5000,)) is True and resolve_whiten(False, (4,)) is False
+    with pytest.raises(ValueError, match="whiten=True applies to tables"):
+        resolve_whiten(True, (1, 8, 8))
+
+
+def test_scaling_pickled_before_whitening_existed_loads_without_a_transform():
+    import pickle
+    old = InputScaling.__new__(InputScaling)
+    old.__setstate__({"mean": np.zeros(2, np.float32), "scale": np.float32(2.0)})
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.transform is None
+    torch.testing.assert_close(loaded.apply(torch.ones(1, 2)), torch.full((1, 2), 0.5))
