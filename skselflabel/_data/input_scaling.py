@@ -11,7 +11,7 @@ MAX_AUTO_WHITEN_COLUMNS = 1024
 
 
 class InputScaling:
-    """Centring, scaling and soft whitening fitted on the training data, applied on the
+    r"""Centring, scaling and soft whitening fitted on the training data, applied on the
     device.
 
     Tables are centred per column and share one scale (the root mean variance). With

@@ -78,6 +78,7 @@ class FitConfig:
     n_samples: int
     is_image: bool
     whiten: bool                 # soft whitening of the input (tables)
+    compare_sizes: bool          # also train with estimated sizes, keep the better
     batch_size: int
     steps_per_epoch: int
     max_epochs: int
@@ -143,6 +144,13 @@ def checked_assigner(assigner, n_clusters):
     return check_assigner(assigner)
 
 
+def compares_sizes(params, is_image):
+    """Whether a fit trains a twin with estimated cluster sizes beside the run with equal
+    ones, and keeps the better (``size_choice``): tables with the default assigner (an
+    explicit one, or ``assigner__prior``, is used as given), and without a checkpoint."""
+    return params["assigner"] is None and not is_image and params.get("checkpoint") is None
+
+
 def n_batches(n_samples, batch_size, n_processes=1):
     """Batches per epoch; a trailing batch too small to give every process two samples
     (one sample breaks BatchNorm) is dropped."""
@@ -185,7 +193,8 @@ def resolve_config(params, n_samples, sample_shape, n_processes=1, device="cpu")
         momentum=params["momentum"], weight_decay=params["weight_decay"],
         sync_batch_norm=bool(params.get("sync_batch_norm", True)),
         n_samples=n_samples, is_image=is_image,
-        whiten=resolve_whiten(params.get("whiten", False), sample_shape), **schedule,
+        whiten=resolve_whiten(params.get("whiten", False), sample_shape),
+        compare_sizes=compares_sizes(params, is_image), **schedule,
         assigner=checked_assigner(params["assigner"], params["n_clusters"]), **graph,
         augment=augment, random_state=params["random_state"],
         warm_start=params["warm_start"], checkpoint=params["checkpoint"],

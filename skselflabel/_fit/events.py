@@ -285,3 +285,10 @@ def trial_events(history, start, n_starts, verbose=0, leader=True):
     callbacks hear of the chosen start only, from the end of its trial on."""
     desc = f"SelfLabelClusterer start {start + 1}/{n_starts}"
     return EventStream([history] + ([ProgressReporter(desc)] if verbose and leader else []))
+
+
+def twin_events(history, verbose=0, leader=True):
+    """The event stream of the twin that estimates the cluster sizes (``size_choice``): its
+    own ``history`` and, with ``verbose``, a progress bar named after it."""
+    desc = "SelfLabelClusterer estimated sizes"
+    return EventStream([history] + ([ProgressReporter(desc)] if verbose and leader else []))

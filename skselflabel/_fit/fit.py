@@ -26,6 +26,7 @@ from .graph import NeighborGraph, knn_needs, neighbor_width
 from .inference import first_head_labels
 from .labelling import NonFiniteOutput, SelfLabeller, label_step_needs
 from .resume import FitCheckpoint, open_checkpoint
+from .size_choice import fork
 from .state import FittedModel, FittedNetwork
 from .training import Generators, Trainer, TrainOutcome
 
@@ -83,6 +84,7 @@ class Run:
     history: HistoryRecorder
     seeds: list                      # the first start's seeds (others derive from them)
     n_starts: int = 1                # starts compared by their trial (n_init)
+    compare_sizes: bool = False      # train a twin with estimated sizes (size_choice)
 
     def snapshot(self):
         """Fitted attributes of the network as it stands (copies), for the fitted
@@ -110,13 +112,15 @@ def _start(config, data, team, checkpoint, previous):
         network = checkpoint.restore_network(network)
     check_fit_memory(config, data, network)
     feeder = Feeder(data.source, network.scaling, config.device)
-    restarts = (config.n_init > 1 and (checkpoint is None or checkpoint.saved is None)
-                and not _continues(config, data, previous))
+    fresh = ((checkpoint is None or checkpoint.saved is None)
+             and not _continues(config, data, previous))
+    restarts = config.n_init > 1 and fresh
     return Run(config=config, data=data, team=team, checkpoint=checkpoint, network=network,
                feeder=feeder, generators=_generators(config, feeder, team, seeds),
                labels=initial_labels(network.heads, data.n_samples, init_gen, config.device),
                history=HistoryRecorder(), seeds=seeds,
-               n_starts=config.n_init if restarts else 1)
+               n_starts=config.n_init if restarts else 1,
+               compare_sizes=config.compare_sizes and fresh and checkpoint is None)
 
 
 def _generators(config, feeder, team, seeds):
@@ -150,21 +154,71 @@ def _train(run, events):
                                             config.n_neighbors, run.team)
         trainer, start_scores, outcome = (_best_start(run, graph, events) if run.n_starts > 1
                                           else (_trainer(run, graph, events), None, None))
-        labeller = trainer.labeller
         if run.checkpoint is not None:
             if run.checkpoint.saved is not None:
                 run.checkpoint.restore_training(trainer, run.labels, run.history)
             run.checkpoint.follow(run.history, run.network)
+        twin = None
+        if run.compare_sizes and outcome is None:
+            if run.n_starts == 1:     # no trials brought training to the fork: train to it
+                trainer.events = trial_events(run.history, 0, 1, config.verbose,
+                                              run.team.leader)
+                with diverged_training(trainer, run.history, config):
+                    outcome = _paused(trainer.run(run.feeder, run.labels,
+                                                  until=config.trial_epochs))
+                trainer.events = events
+            if outcome is None:
+                twin = fork(run, trainer, graph)
         if outcome is None:         # else a Ctrl-C stopped the trials
             with diverged_training(trainer, run.history, config):
                 outcome = trainer.run(run.feeder, run.labels)
+        size_scores = None
+        if twin is not None and outcome.interrupted is None:
+            trainer, outcome, size_scores = _keep_better_sizes(run, graph, trainer, outcome,
+                                                               twin)
+    labeller = trainer.labeller
     network = replace(run.network, history=run.history.frame(run.network.history))
     fitted = run.fitted(network, first_head_labels(network, run.feeder, run.team),
                          self_labels=run.labels.cpu().numpy(), n_iter=outcome.epochs,
                          cluster_sizes=labeller.sizes(config.n_clusters),
                          sizes_estimated=labeller.estimates_sizes(),
-                         start_scores=start_scores)
+                         start_scores=start_scores, size_scores=size_scores)
     return fitted, outcome
+
+
+def _paused(outcome):
+    """None for a run that paused where it was asked to, else its (interrupted) outcome."""
+    return None if outcome.interrupted is None else outcome
+
+
+def _keep_better_sizes(run, graph, trainer, outcome, twin):
+    """Train ``twin`` (estimated sizes) to the end beside the finished run of ``trainer``
+    (equal sizes), and keep the one whose self-labels agree better with the neighbour
+    graph; ``run`` takes the twin's network, labels and history when it wins (or when a
+    Ctrl-C stops it). Returns the kept trainer, its outcome, and both agreements."""
+    config = run.config
+    with diverged_training(twin.trainer, twin.history, config):
+        twin_outcome = twin.trainer.run(run.feeder, twin.labels)
+    if twin_outcome.interrupted is not None:
+        return trainer, outcome, None
+    judge = _judge(run, graph)
+    scores = np.array([judge.agreement(labels[0], config.n_clusters)
+                       for labels in (run.labels, twin.labels)])
+    if scores[1] > scores[0]:
+        run.network, run.labels = twin.network, twin.labels
+        run.history.records = list(twin.history.records)
+        return twin.trainer, twin_outcome, scores
+    return trainer, outcome, scores
+
+
+def _judge(run, graph):
+    """The neighbour graph that compares runs: the fit's own, or with ``n_neighbors=0``
+    one built only for that."""
+    if graph is not None:
+        return graph
+    with memory_step("building the neighbour graph that compares the starts"):
+        return NeighborGraph.build(run.feeder, run.config.neighbor_features,
+                                   min(AUTO_NEIGHBORS, run.config.n_samples - 1), run.team)
 
 
 def _trainer(run, graph, events):
@@ -185,11 +239,7 @@ def _best_start(run, graph, events):
     from its seeds. Only the best start so far stays in memory beside the one on trial.
     """
     config = run.config
-    judge = graph
-    if judge is None:               # n_neighbors=0: a graph only to compare the starts
-        with memory_step("building the neighbour graph that compares the starts"):
-            judge = NeighborGraph.build(run.feeder, config.neighbor_features,
-                                        min(AUTO_NEIGHBORS, config.n_samples - 1), run.team)
+    judge = _judge(run, graph)
     best, scores, outcome = None, [], None
     for start in range(run.n_starts):
         candidate = replace(run if start == 0 else _other_start(run, start),

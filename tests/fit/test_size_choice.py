@@ -1,0 +1,75 @@
+"""Equal or estimated cluster sizes, chosen by neighbour agreement (size_choice)."""
+import numpy as np
+import pytest
+
+from skselflabel import SelfLabelClusterer, SinkhornAssigner
+from skselflabel._fit import graph
+from skselflabel._fit.config import default_assigner
+
+KW = dict(n_clusters=3, max_epochs=6, random_state=0)
+
+
+@pytest.fixture
+def unequal():
+    """Three blobs of 150, 60 and 30 rows in four columns."""
+    rng = np.random.default_rng(0)
+    blobs = [rng.normal(c, 0.6, size=(n, 4)) for c, n in ((0.0, 150), (4.0, 60),
+                                                          (-4.0, 30))]
+    return np.concatenate(blobs).astype(np.float32)
+
+
+def _explicit(prior):
+    assigner = default_assigner()
+    return assigner.set_params(prior=prior) if prior else assigner
+
+
+@pytest.mark.parametrize("n_init", [1, 2])
+def test_the_default_keeps_whichever_of_the_two_explicit_fits_agrees_best(unequal, n_init):
+    default = SelfLabelClusterer(n_init=n_init, **KW).fit(unequal)
+    equal = SelfLabelClusterer(n_init=n_init, assigner=_explicit(None), **KW).fit(unequal)
+    estimated = SelfLabelClusterer(n_init=n_init, assigner=_explicit("auto"),
+                                   **KW).fit(unequal)
+    for explicit in (equal, estimated):
+        assert not hasattr(explicit, "size_agreement_")
+    # The two runs part at the fork: the choice is between different models.
+    assert not np.array_equal(equal.transform(unequal), estimated.transform(unequal))
+    scores = default.size_agreement_
+    assert scores.shape == (2,) and np.all((0 < scores) & (scores <= 1))
+    kept = estimated if scores[1] > scores[0] else equal
+    assert default.sizes_estimated_ == (kept is estimated)
+    # The twin forks at the end of the trials: the kept run is the explicit one, bit for bit.
+    np.testing.assert_array_equal(default.labels_, kept.labels_)
+    np.testing.assert_array_equal(default.transform(unequal), kept.transform(unequal))
+    np.testing.assert_array_equal(default.cluster_sizes_, kept.cluster_sizes_)
+    assert default.history_["loss"].tolist() == kept.history_["loss"].tolist()
+    assert default.n_iter_ == kept.n_iter_ == 6
+
+
+def test_estimated_sizes_are_kept_when_they_agree_better(unequal, monkeypatch):
+    # The twin is judged last: make it win, and its proportions are the model's.
+    calls = []
+
+    def agreement(self, labels, n_clusters):
+        calls.append(1)
+        return float(len(calls))
+    monkeypatch.setattr(graph.NeighborGraph, "agreement", agreement)
+    clu = SelfLabelClusterer(n_init=1, **KW).fit(unequal)
+    assert clu.size_agreement_.tolist() == [1.0, 2.0] and clu.sizes_estimated_
+    assert not np.allclose(clu.cluster_sizes_, 1 / 3)
+    np.testing.assert_array_equal(clu.predict(unequal), clu.labels_)
+
+
+def test_no_twin_for_images_an_explicit_prior_or_a_checkpoint(unequal, tmp_path):
+    images = np.random.default_rng(0).random((60, 1, 8, 8)).astype(np.float32)
+    assert not hasattr(SelfLabelClusterer(n_init=1, **KW).fit(images), "size_agreement_")
+    given = SelfLabelClusterer(n_init=1, **KW).set_params(assigner__prior=[0.5, 0.3, 0.2])
+    assert not hasattr(given.fit(unequal), "size_agreement_")
+    np.testing.assert_allclose(given.cluster_sizes_, [0.5, 0.3, 0.2])
+    kept = SelfLabelClusterer(n_init=1, checkpoint=tmp_path / "fit.ckpt", **KW).fit(unequal)
+    assert not hasattr(kept, "size_agreement_") and not kept.sizes_estimated_
+
+
+def test_an_explicit_equal_assigner_is_not_second_guessed(unequal):
+    clu = SelfLabelClusterer(n_init=1, assigner=SinkhornAssigner(), **KW).fit(unequal)
+    assert not hasattr(clu, "size_agreement_") and not clu.sizes_estimated_
+    np.testing.assert_allclose(clu.cluster_sizes_, 1 / 3)
