@@ -40,7 +40,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
 
     solved by Sinkhorn-Knopp (the ``assigner``), and sample :math:`i` gets the label
     :math:`\arg\max_k Q_{ik}`. The column marginal :math:`\pi` (the assigner's ``prior``,
-    uniform by default) keeps the clusters from collapsing into one. Self-labels are
+    uniform by default, or estimated from the data on tables) keeps the clusters from
+    collapsing into one. Self-labels are
     computed on the plain inputs, with the network in evaluation mode, at
     ``n_label_updates`` steps spaced quadratically (the ``t``-th at the fraction
     :math:`(t / (T-1))^2` of training), and once more at the end.
@@ -84,7 +85,11 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``lam`` sets how closely labels follow the network, its ``prior`` the cluster
         proportions of the first head (other heads: equal), its ``size_tolerance`` how far
         cluster sizes may stray from them. None is ``SinkhornAssigner(lam=10.0,
-        tol=0.01)``; ``assigner__lam`` and ``assigner__prior`` work in grid searches.
+        tol=0.01, size_tolerance=0.5)``, and on tables it also trains a twin with
+        ``prior="auto"`` from the end of the trials, keeping the run whose self-labels
+        agree better with the neighbour graph (``size_agreement_``); an explicit assigner,
+        or ``assigner__lam`` and ``assigner__prior`` (they work in grid searches), is used
+        as given.
 
     max_epochs : int or "auto", default="auto"
         Passes over the training data; "auto" aims at about 600 gradient steps, within
@@ -204,6 +209,13 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     cluster_sizes_ : ndarray of shape (n_clusters,)
         The cluster proportions of the first head's last self-label step: the assigner's
         ``prior`` (estimated from the data with ``prior="auto"``), or equal ones.
+    sizes_estimated_ : bool
+        Whether ``cluster_sizes_`` were estimated from the data.
+    size_agreement_ : ndarray of shape (2,)
+        Only after a fit on a table with the default assigner: the neighbour agreement of
+        the run with equal sizes and of its twin with estimated sizes (the user guide's
+        "Cluster sizes learned from the data"); the larger one was kept, equal sizes on a
+        tie.
     start_agreement_ : ndarray of shape (n_init,)
         Only after a fit of several starts: the neighbour agreement of each start's
         self-labels at the end of its trial (the largest one was continued).
