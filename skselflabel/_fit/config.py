@@ -147,7 +147,8 @@ def checked_assigner(assigner, n_clusters):
 def compares_sizes(params, is_image):
     """Whether a fit trains a twin with estimated cluster sizes beside the run with equal
     ones, and keeps the better (``size_choice``): tables with the default assigner (an
-    explicit one, or ``assigner__prior``, is used as given), and without a checkpoint."""
+    explicit one, or ``assigner__prior``, is used as given), and without a checkpoint. The
+    twin forks at the end of the trials of ``n_init``: a fit of one start makes one run."""
     return params["assigner"] is None and not is_image and params.get("checkpoint") is None
 
 

@@ -158,22 +158,16 @@ def _train(run, events):
             if run.checkpoint.saved is not None:
                 run.checkpoint.restore_training(trainer, run.labels, run.history)
             run.checkpoint.follow(run.history, run.network)
-        twin = None
-        if run.compare_sizes and outcome is None:
-            if run.n_starts == 1:     # no trials brought training to the fork: train to it
-                trainer.events = trial_events(run.history, 0, 1, config.verbose,
-                                              run.team.leader)
-                with diverged_training(trainer, run.history, config):
-                    outcome = _paused(trainer.run(run.feeder, run.labels,
-                                                  until=config.trial_epochs))
-                trainer.events = events
-            if outcome is None:
-                twin = fork(run, trainer, graph)
+        # The trials brought training to where estimated sizes would start: fork there.
+        twin = (fork(run, trainer, graph) if run.compare_sizes and run.n_starts > 1
+                and outcome is None else None)
         if outcome is None:         # else a Ctrl-C stopped the trials
             with diverged_training(trainer, run.history, config):
                 outcome = trainer.run(run.feeder, run.labels)
         size_scores = None
-        if twin is not None and outcome.interrupted is None:
+        # Not after a Ctrl-C, nor after a callback asked to stop: the user wants it over.
+        if twin is not None and outcome.interrupted is None and trainer.epoch == (
+                config.max_epochs):
             trainer, outcome, size_scores = _keep_better_sizes(run, graph, trainer, outcome,
                                                                twin)
     labeller = trainer.labeller
@@ -184,11 +178,6 @@ def _train(run, events):
                          sizes_estimated=labeller.estimates_sizes(),
                          start_scores=start_scores, size_scores=size_scores)
     return fitted, outcome
-
-
-def _paused(outcome):
-    """None for a run that paused where it was asked to, else its (interrupted) outcome."""
-    return None if outcome.interrupted is None else outcome
 
 
 def _keep_better_sizes(run, graph, trainer, outcome, twin):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from skselflabel import SelfLabelClusterer
+from skselflabel._fit.config import default_assigner
 from skselflabel._fit.fit import fit_phases
 from skselflabel._runtime.memory import ENV, peak
 from skselflabel._solver import sinkhorn
@@ -89,7 +90,7 @@ def _rank_starts(monkeypatch, prefer):
 
 
 def test_the_chosen_start_goes_on_as_if_it_had_never_paused(three_blobs, monkeypatch):
-    kw = dict(n_clusters=3, max_epochs=5, random_state=0)
+    kw = dict(n_clusters=3, max_epochs=5, random_state=0, assigner=default_assigner())
     single = SelfLabelClusterer(n_init=1, **kw).fit(three_blobs)
     assert not hasattr(single, "start_agreement_")
     calls = _rank_starts(monkeypatch, lambda i: 1.0 - i)      # the first start wins
@@ -102,7 +103,7 @@ def test_the_chosen_start_goes_on_as_if_it_had_never_paused(three_blobs, monkeyp
 
 
 def test_another_start_is_kept_when_it_agrees_best(three_blobs, monkeypatch):
-    kw = dict(n_clusters=3, max_epochs=5, random_state=0)
+    kw = dict(n_clusters=3, max_epochs=5, random_state=0, assigner=default_assigner())
     single = SelfLabelClusterer(n_init=1, **kw).fit(three_blobs)
     _rank_starts(monkeypatch, lambda i: float(i))              # the last start wins
     last = SelfLabelClusterer(n_init=3, **kw).fit(three_blobs)
@@ -145,7 +146,8 @@ def test_ctrl_c_during_the_trials_keeps_the_best_start_so_far(three_blobs, monke
     _rank_starts(monkeypatch, lambda i: 1.0 - i)
     monkeypatch.setattr(_CountingNet, "passes", [])
     clu = SelfLabelClusterer(n_clusters=3, max_epochs=10, n_init=3, batch_size=15,
-                             backbone=_CountingNet(25), random_state=0)
+                             backbone=_CountingNet(25), random_state=0,
+                             assigner=default_assigner())
     with pytest.warns(UserWarning, match="interrupted"):
         clu.fit(three_blobs)
     assert len(_CountingNet.passes) == 25

@@ -23,7 +23,7 @@ def _explicit(prior):
     return assigner.set_params(prior=prior) if prior else assigner
 
 
-@pytest.mark.parametrize("n_init", [1, 2])
+@pytest.mark.parametrize("n_init", [2, 3])
 def test_the_default_keeps_whichever_of_the_two_explicit_fits_agrees_best(unequal, n_init):
     default = SelfLabelClusterer(n_init=n_init, **KW).fit(unequal)
     equal = SelfLabelClusterer(n_init=n_init, assigner=_explicit(None), **KW).fit(unequal)
@@ -53,23 +53,38 @@ def test_estimated_sizes_are_kept_when_they_agree_better(unequal, monkeypatch):
         calls.append(1)
         return float(len(calls))
     monkeypatch.setattr(graph.NeighborGraph, "agreement", agreement)
-    clu = SelfLabelClusterer(n_init=1, **KW).fit(unequal)
-    assert clu.size_agreement_.tolist() == [1.0, 2.0] and clu.sizes_estimated_
+    clu = SelfLabelClusterer(n_init=2, **KW).fit(unequal)
+    # Two trials, then the run with equal sizes and its twin.
+    assert clu.size_agreement_.tolist() == [3.0, 4.0] and clu.sizes_estimated_
     assert not np.allclose(clu.cluster_sizes_, 1 / 3)
     np.testing.assert_array_equal(clu.predict(unequal), clu.labels_)
 
 
-def test_no_twin_for_images_an_explicit_prior_or_a_checkpoint(unequal, tmp_path):
+def test_no_twin_for_images_an_explicit_prior_a_checkpoint_or_one_start(unequal, tmp_path):
     images = np.random.default_rng(0).random((60, 1, 8, 8)).astype(np.float32)
-    assert not hasattr(SelfLabelClusterer(n_init=1, **KW).fit(images), "size_agreement_")
-    given = SelfLabelClusterer(n_init=1, **KW).set_params(assigner__prior=[0.5, 0.3, 0.2])
+    assert not hasattr(SelfLabelClusterer(n_init=2, **KW).fit(images), "size_agreement_")
+    given = SelfLabelClusterer(n_init=2, **KW).set_params(assigner__prior=[0.5, 0.3, 0.2])
     assert not hasattr(given.fit(unequal), "size_agreement_")
     np.testing.assert_allclose(given.cluster_sizes_, [0.5, 0.3, 0.2])
-    kept = SelfLabelClusterer(n_init=1, checkpoint=tmp_path / "fit.ckpt", **KW).fit(unequal)
+    kept = SelfLabelClusterer(n_init=2, checkpoint=tmp_path / "fit.ckpt", **KW).fit(unequal)
     assert not hasattr(kept, "size_agreement_") and not kept.sizes_estimated_
+    one = SelfLabelClusterer(n_init=1, **KW).fit(unequal)
+    assert not hasattr(one, "size_agreement_") and not one.sizes_estimated_
+
+
+def test_a_callback_that_stops_the_fit_stops_the_twin_too(unequal, monkeypatch):
+    # A stop request ends the run with equal sizes early: no twin trains after it.
+    from skselflabel._fit import training
+    end_epoch = training.Trainer._end_epoch
+
+    def stop_at_4(self):
+        return end_epoch(self) or self.epoch == 4
+    monkeypatch.setattr(training.Trainer, "_end_epoch", stop_at_4)
+    clu = SelfLabelClusterer(n_init=2, **KW).fit(unequal)
+    assert clu.n_iter_ == 4 and not hasattr(clu, "size_agreement_")
 
 
 def test_an_explicit_equal_assigner_is_not_second_guessed(unequal):
-    clu = SelfLabelClusterer(n_init=1, assigner=SinkhornAssigner(), **KW).fit(unequal)
+    clu = SelfLabelClusterer(n_init=2, assigner=SinkhornAssigner(), **KW).fit(unequal)
     assert not hasattr(clu, "size_agreement_") and not clu.sizes_estimated_
     np.testing.assert_allclose(clu.cluster_sizes_, 1 / 3)

@@ -4,6 +4,7 @@ import torch
 from sklearn.datasets import make_blobs
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
+from skselflabel._fit.config import default_assigner
 from skselflabel._solver.priors import FLOOR, estimate_proportions
 
 
@@ -41,7 +42,9 @@ def test_the_estimator_reports_the_proportions_it_solved_for():
                       random_state=0)
     # 40 epochs: 100 self-label steps, for the estimate to move.
     kw = dict(n_clusters=3, max_epochs=40, random_state=0)
-    equal = SelfLabelClusterer(**kw).fit(X)
+    # The default assigner given explicitly: on tables, the default also tries estimated
+    # sizes (tests/fit/test_size_choice.py).
+    equal = SelfLabelClusterer(**kw, assigner=default_assigner()).fit(X)
     np.testing.assert_allclose(equal.cluster_sizes_, [1 / 3] * 3)
     fixed = SelfLabelClusterer(**kw, assigner=SinkhornAssigner(lam=10.0, prior=[3, 2, 1]))
     np.testing.assert_allclose(fixed.fit(X).cluster_sizes_, [0.5, 1 / 3, 1 / 6])
