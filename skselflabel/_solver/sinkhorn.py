@@ -125,9 +125,10 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         overwritten with the kernel and no other n_samples x n_clusters buffer is allocated
         (only blocks). Use this at ImageNet scale: 1.28 million x 3,000 float32 logits
         (15.4 GB) are solved within their own memory.
-    init_log_v : array-like of shape (n_clusters,), default=None
+    init_log_v : array-like or torch.Tensor of shape (n_clusters,), default=None
         Column log-scalings to start from, such as ``log_v`` of the previous self-label
-        step; they replace the subsample warm-up.
+        step; they replace the subsample warm-up. Only the starting point changes: the
+        solve still stops at ``tol`` for these scores and ``prior``.
     reduce_fn : callable, default=None
         Seam for data-parallel use, with the rows of ``scores`` split across processes:
         ``reduce_fn(t)`` must sum the float64 tensor ``t`` (column sums) over all processes
@@ -348,8 +349,10 @@ def _given_potentials(init_log_v, problem, span):
     log_p = problem.log_p
     K, allowed = log_p.shape[0], torch.isfinite(log_p)
     try:
-        g = torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(log_p.device)
-    except (TypeError, ValueError) as exc:
+        # A tensor (the previous self-label step's log_v) stays on its device: no host copy.
+        g = (init_log_v.detach().to(log_p.device, torch.float64) if torch.is_tensor(init_log_v)
+             else torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(log_p.device))
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"init_log_v must be a vector of numbers: {exc}") from None
     if g.shape != (K,):
         raise ValueError(f"init_log_v must have length n_clusters={K}, got shape "
