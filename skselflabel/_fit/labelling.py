@@ -197,8 +197,9 @@ class SelfLabeller:
         return changed / len(heads)
 
     def _assign(self, head, h, features, on_features, progress, out, duals):
-        """Labels of head ``h`` into ``out`` and its solve's duals into ``duals[h]``; returns its row of the report (see ``_REPORT``; the solve is skipped
-        when some logits are not finite)."""
+        """Labels of head ``h`` into ``out`` and its solve's duals into ``duals[h]``;
+        returns its row of the report (see ``_REPORT``; the solve is skipped when some
+        logits are not finite)."""
         n, device = features.shape[0], features.device
         with memory_step("its logits"):
             logits = self.buffers.matrix("logits", n, head.out_features, device)
@@ -314,7 +315,8 @@ def _duals(result, n_clusters, device):
     if log_v is None:
         return None
     log_v = torch.as_tensor(log_v).detach().to(device, torch.float64, copy=True)
-    if log_v.shape != (n_clusters,) or torch.isnan(log_v).any() or torch.isposinf(log_v).any():
+    if (log_v.shape != (n_clusters,) or torch.isnan(log_v).any()
+            or torch.isposinf(log_v).any()):
         return None
     return log_v
 

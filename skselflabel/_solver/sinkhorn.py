@@ -127,8 +127,11 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         (15.4 GB) are solved within their own memory.
     init_log_v : array-like or torch.Tensor of shape (n_clusters,), default=None
         Column log-scalings to start from, such as ``log_v`` of the previous self-label
-        step; they replace the subsample warm-up. Only the starting point changes: the
-        solve still stops at ``tol`` for these scores and ``prior``.
+        step. They replace the subsample warm-up; where that subsample is the whole
+        matrix, the solve starts from them at ``lam`` instead of annealing ``lam`` up from
+        a small value (and anneals after all if the error then stops halving over 50
+        iterations). Only the starting point changes: the solve still stops at ``tol`` for
+        these scores and ``prior``.
     reduce_fn : callable, default=None
         Seam for data-parallel use, with the rows of ``scores`` split across processes:
         ``reduce_fn(t)`` must sum the float64 tensor ``t`` (column sums) over all processes
@@ -382,17 +385,23 @@ def _subsample_is_whole(problem, N, n_sub):
     return whole
 
 
-def _warm_up(problem, src, row_max, dtype, max_iter):
-    """Column potentials from a row subsample with epsilon-scaling.
+def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
+    """Column potentials from a row subsample with epsilon-scaling, or the caller's
+    potentials ``start``.
 
     At least ``_WARMUP_ROWS_PER_CLUSTER`` rows per cluster, so every potential is
     estimated; there the kernel can be rebuilt exactly whenever it is needed. Returns
     ``(g, None)``, or ``(None, (res, n_iter))`` when the subsample was the whole matrix
-    and its solution is the answer.
+    and its solution is the answer (from ``start`` at the target lam, when given: see
+    :func:`_from_start`).
     """
     N, K = src.shape
     n_sub = warmup_rows(N, K)
     whole = _subsample_is_whole(problem, N, n_sub)
+    if start is not None and not whole:
+        # A subsample's solution is further from the full matrix's than good starting
+        # potentials (the previous self-label step's): the full matrix starts from them.
+        return start, None
     idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
     sub = src if whole else src.index_select(0, idx)
     sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
@@ -401,27 +410,46 @@ def _warm_up(problem, src, row_max, dtype, max_iter):
     # Each subsample row stands for N / n_sub rows of this process.
     at = problem if whole else problem.stage(rows=rows, r=(N / n_sub) * problem.r,
                                              tol=max(problem.tol, _WARM_TOL))
+    budget = max_iter if whole else min(max_iter, _WARM_MAX_ITER)
     try:
-        g, res, n_iter = anneal(at, sub, torch.empty_like(sub),
-                                max_iter if whole else min(max_iter, _WARM_MAX_ITER))
+        g, res, n_iter = (anneal(at, sub, torch.empty_like(sub), budget) if start is None
+                          else _from_start(at, sub, torch.empty_like(sub), budget, start))
     finally:
         if not whole:
             rows.close()
     return (None, (res, n_iter)) if whole else (g, None)
 
 
+def _from_start(problem, source, W, max_iter, start):
+    """Column potentials at the target lam from the potentials ``start``: ``(g, res,
+    n_iter)`` as :func:`~.iterations.anneal` gives them.
+
+    Good potentials (the previous self-label step's) need no annealing: the kernel is built
+    at the target lam from them, and rebuilt exactly from ``source``. A start that puts some
+    column in a dead zone (see ``scaling_loop``) stops the error from halving; then
+    epsilon-scaling from scratch takes the iterations left, so a bad start costs at most
+    ``_STALL_WINDOW`` iterations more than none.
+    """
+    a = make_kernel(problem, source, W, start)
+    res = scaling_loop(problem, W, a, start, max_iter, source=source,
+                       stall_window=_STALL_WINDOW)
+    if not res.stalled:
+        return res.g + res.log_v, res, res.n_iter
+    done = res.n_iter
+    g, res, more = anneal(problem, source, W, max(1, max_iter - done))
+    return g, res, done + more
+
+
 def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
     N, K = src.shape
     row_max, span = _row_maxima(src, problem.rows, dtype)
-    # Column potentials g (float64): from the caller, or from a row subsample.
-    if init_log_v is not None:
-        g = _given_potentials(init_log_v, problem, span)
-    else:
-        g, whole = _warm_up(problem, src, row_max, dtype, max_iter)
-        if whole is not None:
-            res, n_iter = whole
-            res.n_iter = n_iter
-            return res, row_max
+    # Column potentials g (float64) from a row subsample, starting from the caller's.
+    start = None if init_log_v is None else _given_potentials(init_log_v, problem, span)
+    g, whole = _warm_up(problem, src, row_max, dtype, max_iter, start)
+    if whole is not None:
+        res, n_iter = whole
+        res.n_iter = n_iter
+        return res, row_max
 
     # The full matrix becomes its stabilised kernel: in place when allowed.
     in_place = not copy
