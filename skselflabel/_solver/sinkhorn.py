@@ -398,10 +398,11 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     N, K = src.shape
     n_sub = warmup_rows(N, K)
     whole = _subsample_is_whole(problem, N, n_sub)
-    if start is not None and not whole:
+    if start is not None:
         # A subsample's solution is further from the full matrix's than good starting
         # potentials (the previous self-label step's): the full matrix starts from them.
-        return start, None
+        return (start, None) if not whole else (
+            None, _from_start(problem, src, row_max, dtype, max_iter, start))
     idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
     sub = src if whole else src.index_select(0, idx)
     sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
@@ -410,34 +411,34 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     # Each subsample row stands for N / n_sub rows of this process.
     at = problem if whole else problem.stage(rows=rows, r=(N / n_sub) * problem.r,
                                              tol=max(problem.tol, _WARM_TOL))
-    budget = max_iter if whole else min(max_iter, _WARM_MAX_ITER)
     try:
-        g, res, n_iter = (anneal(at, sub, torch.empty_like(sub), budget) if start is None
-                          else _from_start(at, sub, torch.empty_like(sub), budget, start))
+        g, res, n_iter = anneal(at, sub, torch.empty_like(sub),
+                                max_iter if whole else min(max_iter, _WARM_MAX_ITER))
     finally:
         if not whole:
             rows.close()
     return (None, (res, n_iter)) if whole else (g, None)
 
 
-def _from_start(problem, source, W, max_iter, start):
-    """Column potentials at the target lam from the potentials ``start``: ``(g, res,
-    n_iter)`` as :func:`~.iterations.anneal` gives them.
+def _from_start(problem, src, row_max, dtype, max_iter, start):
+    """The whole matrix solved from the potentials ``start``: ``(res, n_iter)``.
 
     Good potentials (the previous self-label step's) need no annealing: the kernel is built
-    at the target lam from them, and rebuilt exactly from ``source``. A start that puts some
-    column in a dead zone (see ``scaling_loop``) stops the error from halving; then
-    epsilon-scaling from scratch takes the iterations left, so a bad start costs at most
-    ``_STALL_WINDOW`` iterations more than none.
+    at the target lam from them, in a buffer of its own (the warm-up's memory), and rebuilt
+    exactly from the scores as they are. A start that puts some column in a dead zone (see
+    ``scaling_loop``) stops the error from halving; then epsilon-scaling from scratch takes
+    the iterations left, so a bad start costs at most ``_STALL_WINDOW`` iterations more
+    than none.
     """
-    a = make_kernel(problem, source, W, start)
-    res = scaling_loop(problem, W, a, start, max_iter, source=source,
+    W = torch.empty(src.shape, dtype=dtype, device=src.device)
+    a = make_kernel(problem, src, W, start, row_max=row_max)
+    res = scaling_loop(problem, W, a, start, max_iter, source=src, source_row_max=row_max,
                        stall_window=_STALL_WINDOW)
     if not res.stalled:
-        return res.g + res.log_v, res, res.n_iter
+        return res, res.n_iter
     done = res.n_iter
-    g, res, more = anneal(problem, source, W, max(1, max_iter - done))
-    return g, res, done + more
+    _, res, more = anneal(problem, src, W, max(1, max_iter - done), row_max=row_max)
+    return res, done + more
 
 
 def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
