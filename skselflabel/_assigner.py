@@ -243,7 +243,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         return np.asarray(self.prior, np.float64)
 
     def assign_tensor(self, scores, *, uniform=False, copy=True, min_size_tolerance=0.0,
-                      previous_prior=None):
+                      previous_prior=None, init_log_v=None):
         """Balanced hard assignment of a score tensor, computed where the tensor lives.
 
         The entry point of :class:`SelfLabelClusterer`'s self-label step: it solves the
@@ -268,12 +268,18 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         previous_prior : array-like of shape (n_clusters,), default=None
             With ``prior="auto"``: the proportions of the previous self-label step, where
             the estimate starts (equal sizes if None).
+        init_log_v : torch.Tensor or array-like of shape (n_clusters,), default=None
+            Column log-scalings to start Sinkhorn from: :class:`SelfLabelClusterer` passes
+            the ``log_v`` of the head's previous self-label step (see
+            :func:`sinkhorn_knopp`). Only the starting point changes, not the problem: the
+            solve still stops at ``tol`` for these scores and sizes.
 
         Returns
         -------
         result : SinkhornResult
             With ``labels`` (int64), ``log_u``, ``log_v`` and ``prior`` (the proportions
-            solved for) as tensors on the device of ``scores``.
+            solved for) as tensors on the device of ``scores``, ``n_iter`` and
+            ``marginal_error``.
 
         Examples
         --------
@@ -289,6 +295,7 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
             tolerance = max(tolerance, min_size_tolerance)
         return solve(scores, SolverSettings(lam=self.lam, prior=prior, tol=self.tol,
                                             max_iter=self.max_iter, copy=copy,
+                                            init_log_v=init_log_v,
                                             size_tolerance=tolerance))
 
     @property

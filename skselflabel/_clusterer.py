@@ -225,7 +225,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads),
         ``label_change`` (fraction of labels the latest self-label step changed, mean over
         heads), ``label_error`` (its largest marginal error over heads: above the
-        assigner's ``tol`` when the solve stopped at ``max_iter``) and ``seconds``.
+        assigner's ``tol`` when the solve stopped at ``max_iter``),
+        ``label_iterations`` (the most Sinkhorn iterations a head's solve took in that
+        step; each head's solve starts from the duals of its previous one) and
+        ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList

@@ -6,10 +6,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 # Keywords the estimator passes when the assigner's assign_tensor accepts them (by name or
-# through **kwargs); SinkhornAssigner uses both.
-OPTIONAL_KEYWORDS = ("min_size_tolerance", "previous_prior")
+# through **kwargs); SinkhornAssigner uses all three.
+OPTIONAL_KEYWORDS = ("min_size_tolerance", "previous_prior", "init_log_v")
 # Fields of the result the estimator reads when they are there.
-OPTIONAL_FIELDS = ("prior", "marginal_error")
+OPTIONAL_FIELDS = ("prior", "marginal_error", "n_iter", "log_v")
 
 
 class AssignmentResult(Protocol):
@@ -26,6 +26,12 @@ class AssignmentResult(Protocol):
     marginal_error : float, optional
         How far the assignment was from its cluster sizes (``history_["label_error"]``;
         0 without it).
+    n_iter : int, optional
+        Iterations the solve took (``history_["label_iterations"]``; 0 without it).
+    log_v : torch.Tensor of shape (n_clusters,), optional
+        The solve's column log-scalings (dual variables); the estimator passes them back
+        as ``init_log_v`` at the head's next self-label step, where the assigner accepts
+        that keyword.
     """
 
     labels: torch.Tensor
@@ -43,9 +49,12 @@ class Assigner(Protocol):
     ``[0, n_clusters)`` for every row. The user guide shows one written from scratch.
 
     The estimator also passes ``min_size_tolerance`` (a float: allow cluster sizes at
-    least this far from their shares; early self-label steps widen it) and
+    least this far from their shares; early self-label steps widen it),
     ``previous_prior`` (the proportions of the previous step, for priors estimated from
-    the data) to an ``assign_tensor`` that accepts them, and only then.
+    the data) and ``init_log_v`` (the ``log_v`` its result gave at the head's previous
+    step, a float64 tensor on the training device, or None: a warm start for an iterative
+    solver) to an ``assign_tensor`` that accepts them, by name or through ``**kwargs``,
+    and only then: the signature is read once, when ``fit`` starts.
     """
 
     def assign_tensor(self, scores: torch.Tensor, *, uniform: bool,

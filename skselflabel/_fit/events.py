@@ -12,12 +12,24 @@ except ImportError:  # scikit-learn < 1.9 has no callbacks: nothing to support
     class CallbackSupportMixin:
         """Stand-in for scikit-learn >= 1.9's mixin (which adds ``set_callbacks``)."""
 
-HISTORY_COLUMNS = ["epoch", "loss", "label_change", "label_error", "seconds"]
+HISTORY_COLUMNS = ["epoch", "loss", "label_change", "label_error", "label_iterations",
+                   "seconds"]
+# Columns of whole numbers (rows read back from a checkpoint come as floats).
+_INTEGER_COLUMNS = ("epoch", "label_iterations")
 
 
 def empty_history():
     """``history_`` before the first epoch."""
     return pd.DataFrame(columns=HISTORY_COLUMNS)
+
+
+def history_frame(rows):
+    """``history_`` from rows of :data:`HISTORY_COLUMNS` values, whole-number columns as
+    integers."""
+    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    # Rows of a model fitted before a column existed hold NaN there: those stay floats.
+    return frame.astype({name: "int64" for name in _INTEGER_COLUMNS
+                         if not frame[name].isna().any()})
 
 
 @dataclass
@@ -28,6 +40,7 @@ class EpochRecord:
     loss: float           # mean cross-entropy over steps and heads
     label_change: float   # fraction of labels the latest self-label step changed
     label_error: float    # its largest marginal error over heads (converged: <= tol)
+    label_iterations: int  # the most solver iterations a head took in that step
     seconds: float        # wall time, self-labelling included
 
 
@@ -50,7 +63,7 @@ class FitListener:
     def on_epoch_end(self, record):
         """An epoch ended; return True to ask the trainer to stop after it."""
 
-    def on_label_update(self, label_change, label_error, final):
+    def on_label_update(self, label_change, label_error, label_iterations, final):
         """The self-labels were recomputed (``final``: the step after training)."""
 
     def on_fit_end(self, status):
@@ -87,9 +100,9 @@ class EventStream:
             stop |= bool(listener.on_epoch_end(record))
         return stop
 
-    def label_update(self, label_change, label_error, final=False):
+    def label_update(self, label_change, label_error, label_iterations, final=False):
         for listener in self.listeners:
-            listener.on_label_update(label_change, label_error, final)
+            listener.on_label_update(label_change, label_error, label_iterations, final)
 
     def fit_end(self, status):
         for listener in self.listeners:
@@ -105,15 +118,16 @@ class HistoryRecorder(FitListener):
     def on_epoch_end(self, record):
         self.records.append(record)
 
-    def on_label_update(self, label_change, label_error, final):
+    def on_label_update(self, label_change, label_error, label_iterations, final):
         if final and self.records:
             self.records[-1].label_change = label_change
             self.records[-1].label_error = label_error
+            self.records[-1].label_iterations = label_iterations
 
     def frame(self, previous):
         """``history_``: the rows of earlier fits (warm start), then this fit's."""
-        new = pd.DataFrame([[r.epoch, r.loss, r.label_change, r.label_error, r.seconds]
-                            for r in self.records], columns=HISTORY_COLUMNS)
+        new = history_frame([[r.epoch, r.loss, r.label_change, r.label_error,
+                              r.label_iterations, r.seconds] for r in self.records])
         if len(previous) == 0:
             return new
         return pd.concat([previous, new], ignore_index=True) if len(new) else previous

@@ -84,12 +84,43 @@ class _Buffers:
         return flat[: n * k].view(n, k)
 
 
+class WarmStart:
+    """The column log-scalings (duals) of one head's latest solve, the starting point of its
+    next one.
+
+    Attributes
+    ----------
+    uniform : bool
+        Whether that solve asked for equal cluster sizes.
+    log_v : torch.Tensor of shape (n_clusters,), float64
+        Its ``log_v``, on the training device.
+    """
+
+    def __init__(self, uniform, log_v):
+        self.uniform, self.log_v = uniform, log_v
+
+    def start_for(self, n_clusters, uniform):
+        """The duals to start a solve of ``n_clusters`` columns with (``uniform``: equal
+        sizes asked for), or None where they belong to another problem: other columns, or
+        the switch between equal and estimated sizes of ``prior="auto"`` (new proportions
+        at each later step keep the start: they move little from step to step, and the
+        solve still stops at ``tol`` for the sizes it is given)."""
+        if self.log_v.shape != (n_clusters,) or self.uniform != uniform:
+            return None
+        return self.log_v
+
+
 class SelfLabeller:
     """Recomputes the self-labels of every head in place.
 
+    Each head's solve starts from the duals of the head's previous solve (a warm start:
+    consecutive steps differ by some training, so their duals are close), where the
+    assigner accepts ``init_log_v`` and returns ``log_v``.
+
     Parameters
     ----------
-    assigner : object with ``assign_tensor(scores, *, uniform, copy, min_size_tolerance)``
+    assigner : object with ``assign_tensor(scores, *, uniform, copy, min_size_tolerance,
+    previous_prior, init_log_v)``
         The balanced assignment step (see :meth:`SinkhornAssigner.assign_tensor`); the
         first head uses the assigner's own cluster proportions, auxiliary heads equal ones
         (``uniform=True``).
@@ -107,8 +138,12 @@ class SelfLabeller:
         self.diffusion_steps = diffusion_steps if graph is not None else 0
         self.team = team
         self.buffers = _Buffers()
-        # Largest marginal error over the heads of the latest step (a host float: no sync).
+        # Largest marginal error over the heads of the latest step (a host float: no sync),
+        # and the most solver iterations a head took in it.
         self.last_error = float("nan")
+        self.last_iterations = 0
+        # Per head: the WarmStart of its next solve (its latest solve's duals).
+        self.warm_starts = {}
         # Proportions the first head was last solved for (they change with prior="auto").
         self.proportions = None
 
@@ -141,32 +176,38 @@ class SelfLabeller:
         # Into ``labels`` only once every head has its labels: a Ctrl-C half-way through
         # the step leaves them as they were.
         new = torch.empty_like(labels)
-        # Per head: marginal error, non-finite logits, logits (each from the head's process).
-        report = torch.zeros((len(heads), 3), dtype=torch.float64)
+        # Per head (each from the head's process): see _REPORT.
+        report = torch.zeros((len(heads), len(_REPORT)), dtype=torch.float64)
+        # The duals of this step: like the labels, kept only once the whole step is done.
+        duals = {}
         for h in range(self.team.rank, len(heads), self.team.world):
             check_interrupt()
             if events is not None:
                 events.relabel(h, len(heads))
             with memory_step(f"head {h} of {len(heads)}"):
-                report[h] = self._assign(heads[h], h, features, on_features, progress, new[h])
-        self._share(new, report, heads[0].out_features)
-        self.last_error = max(0.0, float(report[:, 0].max()))
+                report[h] = self._assign(heads[h], h, features, on_features, progress, new[h],
+                                         duals)
+        self._share(new, report, heads, duals)
+        self.last_error = max(0.0, float(report[:, _REPORT.index("error")].max()))
+        self.last_iterations = int(report[:, _REPORT.index("iterations")].max())
         changed = torch.zeros((), dtype=torch.float64, device=device)
         for h in range(len(heads)):
             changed += (new[h] != labels[h]).float().mean().double()
         labels.copy_(new)
         return changed / len(heads)
 
-    def _assign(self, head, h, features, on_features, progress, out):
-        """Labels of head ``h`` into ``out``; returns its marginal error, its non-finite
-        logits and its logits (the solve is skipped when some are not finite)."""
+    def _assign(self, head, h, features, on_features, progress, out, duals):
+        """Labels of head ``h`` into ``out`` and its solve's duals into ``duals[h]``;
+        returns its row of the report (see ``_REPORT``; the solve is skipped when some
+        logits are not finite)."""
         n, device = features.shape[0], features.device
         with memory_step("its logits"):
             logits = self.buffers.matrix("logits", n, head.out_features, device)
             torch.addmm(head.bias, features, head.weight.T, out=logits)
         n_bad = _count_non_finite(logits)
         if n_bad:
-            return torch.tensor([0.0, n_bad, logits.numel()], dtype=torch.float64)
+            return torch.tensor([0.0, n_bad, logits.numel(), 0.0, 0.0, 0.0],
+                                dtype=torch.float64)
         if self.diffusion_steps > 0 and not on_features:
             with memory_step("diffusing its probabilities"):
                 scratch = self.buffers.matrix("scratch", n, head.out_features, device)
@@ -175,15 +216,24 @@ class SelfLabeller:
             # A step that stops short of tol still gives sized labels; its error is
             # reported in history_ (label_error) instead of a warning per step.
             warnings.simplefilter("ignore", ConvergenceWarning)
+            uniform = h > 0 or self._sizes_wait(progress)
+            warm = self.warm_starts.get(h)
+            start = None if warm is None else warm.start_for(head.out_features, uniform)
             result = self.assigner.assign_tensor(
-                logits, uniform=h > 0 or self._sizes_wait(progress), copy=False,
+                logits, uniform=uniform, copy=False,
                 previous_prior=self.proportions if h == 0 else None,
-                min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress))
+                min_size_tolerance=EARLY_SIZE_TOLERANCE * (1.0 - progress),
+                init_log_v=None if start is None else start.to(device))
         if h == 0 and getattr(result, "prior", None) is not None:
             self.proportions = result.prior
         out.copy_(result.labels)
+        log_v = _duals(result, head.out_features, device)
+        if log_v is not None:
+            duals[h] = log_v
         error = float(getattr(result, "marginal_error", 0))
-        return torch.tensor([error, 0.0, logits.numel()], dtype=torch.float64)
+        n_iter = float(getattr(result, "n_iter", 0))
+        return torch.tensor([error, 0.0, logits.numel(), n_iter, log_v is not None, uniform],
+                            dtype=torch.float64)
 
     def _sizes_wait(self, progress):
         """Whether cluster proportions that the assigner would estimate are kept equal at
@@ -195,9 +245,11 @@ class SelfLabeller:
         prior = getattr(self.assigner, "prior", None)
         return isinstance(prior, str) and prior == "auto"
 
-    def _share(self, new, report, n_clusters):
-        """Every head's labels and report, and the first head's proportions, in every
-        process (each head came from one), or the same NonFiniteOutput in all of them."""
+    def _share(self, new, report, heads, duals):
+        """Every head's labels, report and duals, and the first head's proportions, in
+        every process (each head came from one), or the same NonFiniteOutput in all of
+        them. The duals are shared so that the leader's checkpoint holds every head's."""
+        n_clusters = heads[0].out_features
         self.team.sum_(report)
         bad = torch.nonzero(report[:, 1]).flatten()
         if len(bad):
@@ -205,6 +257,17 @@ class SelfLabeller:
             raise NonFiniteOutput(f"head {h}", int(report[h, 1]), int(report[h, 2]))
         for h in range(new.shape[0]):
             self.team.broadcast_(new[h], src=h % self.team.world)
+        for h in range(new.shape[0]):
+            if not report[h, _REPORT.index("has_duals")]:
+                # The assigner gave none: the head's next solve starts from scratch.
+                self.warm_starts.pop(h, None)
+                continue
+            src = h % self.team.world
+            log_v = duals[h] if src == self.team.rank else torch.empty(
+                heads[h].out_features, dtype=torch.float64, device=new.device)
+            if self.team.world > 1:
+                self.team.broadcast_(log_v, src=src)
+            self.warm_starts[h] = WarmStart(bool(report[h, _REPORT.index("uniform")]), log_v)
         # The first head is the leader's: its proportions (prior="auto") go to the others.
         if self.team.world > 1 and self.team.any_process(self.team.leader and
                                                  self.proportions is not None):
@@ -214,22 +277,48 @@ class SelfLabeller:
             self.proportions = self.team.broadcast_(proportions.to(new.device).clone())
 
     def state(self):
-        """What a checkpoint keeps of the labeller: the latest step's error and the first
-        head's proportions (``prior="auto"`` starts each estimate from them)."""
+        """What a checkpoint keeps of the labeller: the latest step's error and
+        iterations, the first head's proportions (``prior="auto"`` starts each estimate
+        from them) and every head's duals (its next solve starts from them)."""
         return {"label_error": self.last_error,
+                "label_iterations": self.last_iterations,
                 "proportions": (None if self.proportions is None
-                                else torch.as_tensor(self.proportions).cpu())}
+                                else torch.as_tensor(self.proportions).cpu()),
+                "warm_starts": {h: {"uniform": warm.uniform, "log_v": warm.log_v.cpu()}
+                                for h, warm in self.warm_starts.items()}}
 
     def restore(self, state):
-        """Continue from :meth:`state`."""
+        """Continue from :meth:`state` (the duals go to the training device when used)."""
         self.last_error = state["label_error"]
+        self.last_iterations = state.get("label_iterations", 0)
         self.proportions = state["proportions"]
+        # A checkpoint written before warm starts has none: the next solves start cold.
+        self.warm_starts = {int(h): WarmStart(bool(warm["uniform"]),
+                                              warm["log_v"].to(torch.float64))
+                            for h, warm in state.get("warm_starts", {}).items()}
 
     def sizes(self, n_clusters):
         """The proportions of the first head's last solve (equal if none was reported)."""
         if self.proportions is None:
             return np.full(n_clusters, 1.0 / n_clusters)
         return np.asarray(torch.as_tensor(self.proportions).cpu(), dtype=np.float64)
+
+
+# The columns of a self-label step's report, one row per head.
+_REPORT = ("error", "n_bad", "n_values", "iterations", "has_duals", "uniform")
+
+
+def _duals(result, n_clusters, device):
+    """The result's ``log_v`` as a float64 tensor of ``n_clusters`` on ``device`` (a copy),
+    or None when it has none of that shape or one that is not finite where it matters."""
+    log_v = getattr(result, "log_v", None)
+    if log_v is None:
+        return None
+    log_v = torch.as_tensor(log_v).detach().to(device, torch.float64, copy=True)
+    if (log_v.shape != (n_clusters,) or torch.isnan(log_v).any()
+            or torch.isposinf(log_v).any()):
+        return None
+    return log_v
 
 
 def label_step_needs(n, n_clusters, width, n_neighbors, diffusion_steps):

@@ -11,16 +11,16 @@ import time
 import warnings
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 
 from .._data.input_scaling import InputScaling
 from .._runtime.checkpoint_file import (CheckpointError, check_writable, checkpoint_path,
                                         read_checkpoint, remove_checkpoint, write_checkpoint)
-from .events import HISTORY_COLUMNS, EpochRecord, empty_history
+from .events import HISTORY_COLUMNS, EpochRecord, empty_history, history_frame
 
-FORMAT, VERSION = "skselflabel SelfLabelClusterer fit", 1
+# Format 2: history rows gained label_iterations, the labeller its duals (warm starts).
+FORMAT, VERSION = "skselflabel SelfLabelClusterer fit", 2
 # Parameters that change how a fit runs, not what it computes: a fit resumes under other
 # values of these (a different device type is caught by the fingerprint's "device").
 UNFINGERPRINTED = frozenset({"checkpoint", "verbose", "n_jobs", "num_workers", "device",
@@ -110,7 +110,7 @@ def _on_cpu(obj):
 
 def _history_rows(records):
     return [[int(r.epoch), float(r.loss), float(r.label_change), float(r.label_error),
-             float(r.seconds)] for r in records]
+             int(r.label_iterations), float(r.seconds)] for r in records]
 
 
 class FitCheckpoint:
@@ -220,7 +220,8 @@ class FitCheckpoint:
                         "heads": _on_cpu(self.network.heads.state_dict())},
             "labels": labels.to(torch.int32).cpu(),
             "history": _history_rows(self.history.records),
-            "earlier_history": self.network.history.to_numpy(dtype=float).tolist(),
+            "earlier_history": self.network.history.reindex(columns=HISTORY_COLUMNS)
+                                                   .to_numpy(dtype=float).tolist(),
             "scaling": {"mean": torch.from_numpy(scaling.mean),
                         "scale": torch.from_numpy(scaling.scale),
                         "transform": (None if scaling.transform is None
@@ -243,8 +244,7 @@ class FitCheckpoint:
             raise CheckpointError(f"The checkpoint's network does not fit this fit's: {exc}"
                                   ) from None
         rows = state["earlier_history"]
-        history = (empty_history() if not rows else pd.DataFrame(
-            [[int(r[0]), *r[1:]] for r in rows], columns=HISTORY_COLUMNS))
+        history = empty_history() if not rows else history_frame(rows)
         scaling = state["scaling"]
         transform = scaling.get("transform")
         return replace(network, scaling=InputScaling(
@@ -261,10 +261,16 @@ class FitCheckpoint:
                                   f"{tuple(state['labels'].shape)}, not {tuple(labels.shape)}.")
         trainer.restore({**state["training"], **{name: own[name] for name in PER_PROCESS}})
         labels.copy_(state["labels"].to(labels.device, torch.int64))
-        history.records = [EpochRecord(int(r[0]), *r[1:]) for r in state["history"]]
+        history.records = [_record(r) for r in state["history"]]
         torch.set_rng_state(own["torch_rng"])
         if "cuda_rng" in own:
             torch.cuda.set_rng_state(own["cuda_rng"], labels.device)
+
+
+def _record(row):
+    """An :class:`EpochRecord` from a row of :func:`_history_rows`."""
+    epoch, loss, change, error, iterations, seconds = row
+    return EpochRecord(int(epoch), loss, change, error, int(iterations), seconds)
 
 
 def open_checkpoint(config, data, team):

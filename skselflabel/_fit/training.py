@@ -170,7 +170,7 @@ class Trainer:
         self.labels_step = self.step
         if final:
             self.events.label_update(float(self.label_change), self.labeller.last_error,
-                                     final=True)
+                                     self.labeller.last_iterations, final=True)
 
     def run(self, feeder, labels, until=None):
         """Train on the samples of ``feeder`` with the self-labels ``labels`` (updated in
@@ -247,7 +247,7 @@ class Trainer:
         loss = float(totals[0]) / steps if steps else float("nan")
         record = EpochRecord(self.first_epoch + self.epoch - 1, loss,
                              float(self.label_change), self.labeller.last_error,
-                             float(seconds[0]))
+                             self.labeller.last_iterations, float(seconds[0]))
         self.loss_sum = None
         return self.team.any_process(self.events.epoch_end(record))
 

@@ -125,9 +125,13 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         overwritten with the kernel and no other n_samples x n_clusters buffer is allocated
         (only blocks). Use this at ImageNet scale: 1.28 million x 3,000 float32 logits
         (15.4 GB) are solved within their own memory.
-    init_log_v : array-like of shape (n_clusters,), default=None
+    init_log_v : array-like or torch.Tensor of shape (n_clusters,), default=None
         Column log-scalings to start from, such as ``log_v`` of the previous self-label
-        step; they replace the subsample warm-up.
+        step. They replace the subsample warm-up; where that subsample is the whole
+        matrix, the solve starts from them at ``lam`` instead of annealing ``lam`` up from
+        a small value (and anneals after all if the error then stops halving over 50
+        iterations). Only the starting point changes: the solve still stops at ``tol`` for
+        these scores and ``prior``.
     reduce_fn : callable, default=None
         Seam for data-parallel use, with the rows of ``scores`` split across processes:
         ``reduce_fn(t)`` must sum the float64 tensor ``t`` (column sums) over all processes
@@ -348,8 +352,10 @@ def _given_potentials(init_log_v, problem, span):
     log_p = problem.log_p
     K, allowed = log_p.shape[0], torch.isfinite(log_p)
     try:
-        g = torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(log_p.device)
-    except (TypeError, ValueError) as exc:
+        # A tensor (the previous self-label step's log_v) stays on its device: no host copy.
+        g = (init_log_v.detach().to(log_p.device, torch.float64) if torch.is_tensor(init_log_v)
+             else torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(log_p.device))
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"init_log_v must be a vector of numbers: {exc}") from None
     if g.shape != (K,):
         raise ValueError(f"init_log_v must have length n_clusters={K}, got shape "
@@ -379,17 +385,24 @@ def _subsample_is_whole(problem, N, n_sub):
     return whole
 
 
-def _warm_up(problem, src, row_max, dtype, max_iter):
-    """Column potentials from a row subsample with epsilon-scaling.
+def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
+    """Column potentials from a row subsample with epsilon-scaling, or the caller's
+    potentials ``start``.
 
     At least ``_WARMUP_ROWS_PER_CLUSTER`` rows per cluster, so every potential is
     estimated; there the kernel can be rebuilt exactly whenever it is needed. Returns
     ``(g, None)``, or ``(None, (res, n_iter))`` when the subsample was the whole matrix
-    and its solution is the answer.
+    and its solution is the answer (from ``start`` at the target lam, when given: see
+    :func:`_from_start`).
     """
     N, K = src.shape
     n_sub = warmup_rows(N, K)
     whole = _subsample_is_whole(problem, N, n_sub)
+    if start is not None:
+        # A subsample's solution is further from the full matrix's than good starting
+        # potentials (the previous self-label step's): the full matrix starts from them.
+        return (start, None) if not whole else (
+            None, _from_start(problem, src, row_max, dtype, max_iter, start))
     idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
     sub = src if whole else src.index_select(0, idx)
     sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
@@ -407,18 +420,37 @@ def _warm_up(problem, src, row_max, dtype, max_iter):
     return (None, (res, n_iter)) if whole else (g, None)
 
 
+def _from_start(problem, src, row_max, dtype, max_iter, start):
+    """The whole matrix solved from the potentials ``start``: ``(res, n_iter)``.
+
+    Good potentials (the previous self-label step's) need no annealing: the kernel is built
+    at the target lam from them, in a buffer of its own (the warm-up's memory), and rebuilt
+    exactly from the scores as they are. A start that puts some column in a dead zone (see
+    ``scaling_loop``) stops the error from halving; then epsilon-scaling from scratch takes
+    the iterations left, so a bad start costs at most ``_STALL_WINDOW`` iterations more
+    than none.
+    """
+    W = torch.empty(src.shape, dtype=dtype, device=src.device)
+    a = make_kernel(problem, src, W, start, row_max=row_max)
+    res = scaling_loop(problem, W, a, start, max_iter, source=src, source_row_max=row_max,
+                       stall_window=_STALL_WINDOW)
+    if not res.stalled:
+        return res, res.n_iter
+    done = res.n_iter
+    _, res, more = anneal(problem, src, W, max(1, max_iter - done), row_max=row_max)
+    return res, done + more
+
+
 def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
     N, K = src.shape
     row_max, span = _row_maxima(src, problem.rows, dtype)
-    # Column potentials g (float64): from the caller, or from a row subsample.
-    if init_log_v is not None:
-        g = _given_potentials(init_log_v, problem, span)
-    else:
-        g, whole = _warm_up(problem, src, row_max, dtype, max_iter)
-        if whole is not None:
-            res, n_iter = whole
-            res.n_iter = n_iter
-            return res, row_max
+    # Column potentials g (float64) from a row subsample, starting from the caller's.
+    start = None if init_log_v is None else _given_potentials(init_log_v, problem, span)
+    g, whole = _warm_up(problem, src, row_max, dtype, max_iter, start)
+    if whole is not None:
+        res, n_iter = whole
+        res.n_iter = n_iter
+        return res, row_max
 
     # The full matrix becomes its stabilised kernel: in place when allowed.
     in_place = not copy

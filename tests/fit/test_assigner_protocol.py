@@ -47,6 +47,8 @@ def test_an_assigner_copied_from_the_user_guide_fits_digits(digits):
     assert sizes.min() > 0.5 * len(X) / 10          # balanced self-labels
     assert cluster_accuracy(y, clu.labels_) > 0.5   # and a clustering, not noise
     assert 0 <= clu.score(X) <= 1
+    # Its results have no n_iter and no log_v: every step is solved from scratch.
+    assert (clu.history_["label_iterations"] == 0).all()
 
 
 def test_the_user_guide_documents_the_protocol_as_defined():
@@ -133,5 +135,20 @@ def test_only_accepted_optional_keywords_are_passed():
 
     checked = assigner_protocol.check_assigner(TakesTolerance())
     result = checked.assign_tensor(torch.eye(4), uniform=True, copy=True,
-                                   min_size_tolerance=0.7, previous_prior=[0.25] * 4)
+                                   min_size_tolerance=0.7, previous_prior=[0.25] * 4,
+                                   init_log_v=torch.zeros(4, dtype=torch.float64))
     assert calls == [0.7] and result.labels.tolist() == [0, 1, 2, 3]
+
+
+def test_init_log_v_reaches_an_assigner_that_takes_keywords():
+    seen = []
+
+    class TakesAll:
+        def assign_tensor(self, scores, *, uniform, copy, **optional):
+            seen.append(sorted(optional))
+            return SinkhornAssigner(lam=10.0).assign_tensor(scores, uniform=uniform, copy=copy)
+
+    checked = assigner_protocol.check_assigner(TakesAll())
+    checked.assign_tensor(torch.eye(4), uniform=True, copy=True, min_size_tolerance=0.0,
+                          previous_prior=None, init_log_v=None)
+    assert seen == [["init_log_v", "min_size_tolerance", "previous_prior"]]

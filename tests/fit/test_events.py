@@ -21,15 +21,19 @@ def digits():
 
 def test_history_rows_and_the_final_label_update():
     history = HistoryRecorder()
-    history.on_epoch_end(EpochRecord(1, 2.0, 0.5, 0.01, 0.1))
-    history.on_label_update(0.3, 0.02, final=False)     # mid-training: rows keep theirs
-    history.on_epoch_end(EpochRecord(2, 1.0, 0.2, 0.01, 0.1))
-    history.on_label_update(0.05, 0.2, final=True)      # after training: last row updated
+    history.on_epoch_end(EpochRecord(1, 2.0, 0.5, 0.01, 40, 0.1))
+    history.on_label_update(0.3, 0.02, 7, final=False)   # mid-training: rows keep theirs
+    history.on_epoch_end(EpochRecord(2, 1.0, 0.2, 0.01, 30, 0.1))
+    history.on_label_update(0.05, 0.2, 9, final=True)    # after training: last row updated
     frame = history.frame(empty_history())
+    assert list(frame.columns) == ["epoch", "loss", "label_change", "label_error",
+                                   "label_iterations", "seconds"]
     assert frame["label_change"].tolist() == [0.5, 0.05]
     assert frame["label_error"].tolist() == [0.01, 0.2]
+    assert frame["label_iterations"].tolist() == [40, 9]
+    assert frame["label_iterations"].dtype == np.int64
     both = HistoryRecorder()
-    both.on_epoch_end(EpochRecord(3, 0.5, 0.0, 0.0, 0.1))
+    both.on_epoch_end(EpochRecord(3, 0.5, 0.0, 0.0, 0, 0.1))
     assert both.frame(frame)["epoch"].tolist() == [1, 2, 3]      # warm start continues
 
 
@@ -45,9 +49,10 @@ def test_stream_calls_every_listener_and_any_can_stop():
             return self.stop
 
     stream = EventStream([Recorder("a", False), Recorder("b", True)])
-    assert stream.epoch_end(EpochRecord(1, 0, 0, 0, 0)) is True
+    assert stream.epoch_end(EpochRecord(1, 0, 0, 0, 0, 0)) is True
     assert calls == ["a", "b"]
-    assert EventStream([Recorder("c", None)]).epoch_end(EpochRecord(1, 0, 0, 0, 0)) is False
+    stream = EventStream([Recorder("c", None)])
+    assert stream.epoch_end(EpochRecord(1, 0, 0, 0, 0, 0)) is False
 
 
 class Recording:

@@ -63,7 +63,7 @@ def _fit(X, **params):
 def _assert_same_fit(a, b):
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(a.self_labels_, b.self_labels_)
-    cols = ["epoch", "loss", "label_change", "label_error"]
+    cols = ["epoch", "loss", "label_change", "label_error", "label_iterations"]
     np.testing.assert_array_equal(a.history_[cols].to_numpy(), b.history_[cols].to_numpy())
     for p, q in zip(a.backbone_.state_dict().values(), b.backbone_.state_dict().values()):
         assert torch.equal(p, q)
@@ -85,6 +85,9 @@ def test_ctrl_c_leaves_a_checkpoint_and_the_next_fit_resumes_exactly(images, uni
     state = read_checkpoint(path.read_bytes(), path)
     assert (state["training"]["epoch"], state["training"]["epoch_steps"]) == (2, 5)
     assert len(state["history"]) == 1               # the open epoch is not in the history
+    # The duals the next self-label step starts from (a fit resumed without them would
+    # start that step cold and end elsewhere).
+    assert state["training"]["warm_starts"][0]["log_v"].shape == (10,)
     trap.at = 0
     resumed, said = _fit(images, augment=trap, checkpoint=path)
     assert any("resumes from the checkpoint" in m and "batch 5 of 8 of epoch 2" in m

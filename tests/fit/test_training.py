@@ -19,7 +19,7 @@ class _CountingLabeller:
     graph = None
 
     def __init__(self):
-        self.steps, self.trainer, self.last_error = [], None, 0.0
+        self.steps, self.trainer, self.last_error, self.last_iterations = [], None, 0.0, 0
 
     def relabel_(self, backbone, heads, width, feeder, labels, events=None, progress=1.0):
         self.steps.append(self.trainer.step)

@@ -223,6 +223,33 @@ def test_warm_start_from_previous_log_v(small_warmup):
     assert np.mean(warm.labels == cold.labels) > 0.999
 
 
+def test_a_whole_matrix_starts_from_the_next_problems_neighbour_in_place():
+    # A self-label step: the next step's logits are the last one's after some training,
+    # solved in place (copy=False) from the last one's duals, given as a tensor.
+    rng = np.random.default_rng(7)
+    before = head_logits(2_000, 100, seed=7)
+    after = before + 0.3 * rng.standard_normal(before.shape).astype(np.float32)
+    last = sinkhorn_knopp(before, lam=10.0, tol=1e-2)
+    cold = sinkhorn_knopp(after.copy(), lam=10.0, tol=1e-2, copy=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # no drift of an in-place kernel
+        warm = sinkhorn_knopp(after.copy(), lam=10.0, tol=1e-2, copy=False,
+                              init_log_v=torch.from_numpy(last.log_v))
+    assert warm.converged and cold.converged
+    assert warm.n_iter < cold.n_iter
+    assert marginal_error(plan(after, warm, 10.0)) <= 1e-2 * 1.01
+
+
+def test_a_start_far_from_the_solution_still_converges():
+    # Potentials in the wrong order put clusters in dead zones: the error stalls and the
+    # solve anneals lam after all.
+    z = head_logits(2_000, 100, seed=8)
+    right = sinkhorn_knopp(z, lam=25.0, tol=1e-3)
+    res = sinkhorn_knopp(z, lam=25.0, tol=1e-3, init_log_v=-3.0 * right.log_v)
+    assert res.converged and res.marginal_error <= 1e-3
+    assert np.mean(res.labels == right.labels) > 0.99
+
+
 # ------------------------------------------------------------------ memory, devices
 def test_copy_false_works_in_place_without_another_buffer(small_warmup):
     z = head_logits(5_000, 200, seed=5)
