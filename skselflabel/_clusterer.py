@@ -142,15 +142,15 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         jitter for images, nothing for tables. A callable maps a float32 batch tensor (and
         a ``generator`` keyword, if it takes one) to a batch of the same shape.
 
-    whiten : bool or "auto", default="auto"
+    whiten : bool, default=False
         Softly whiten tables before training and before the neighbour graph: along each
         principal axis of variance :math:`\lambda_i` the centred input is scaled by
         :math:`1/\sqrt{\lambda_i + \bar\lambda}`, where :math:`\bar\lambda` is the mean
         variance. Directions that dominate the variance (such as overall size in body
-        measurements) are brought down towards the mean, the others are kept. "auto"
-        whitens tables of at most 1,024 columns; False keeps the input's geometry (centred
-        columns, one shared scale). Images are standardised per channel and never
-        whitened.
+        measurements) are brought down towards the mean, the others are kept. It helps
+        where such a direction separates nothing, and hurts where it does (the user
+        guide's "Input scaling"). False keeps the input's geometry (centred columns, one
+        shared scale). Images are standardised per channel; True refuses them.
 
     device : str or torch.device, default="auto"
         Where to train: "auto" is CUDA when available, else the CPU (where a fitted model
@@ -294,7 +294,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                               "array-like"],
         "diffusion_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "augment": [StrOptions({"auto", "none"}), callable, None],
-        "whiten": [StrOptions({"auto"}), "boolean"],
+        "whiten": ["boolean"],
         "device": [str, torch.device],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "n_jobs": [Integral, None],
@@ -310,7 +310,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                  max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
-                 diffusion_steps="auto", augment="auto", whiten="auto", device="auto",
+                 diffusion_steps="auto", augment="auto", whiten=False, device="auto",
                  num_workers=0,
                  n_jobs=None, random_state=None, verbose=0, warm_start=False,
                  checkpoint=None, sync_batch_norm=True):

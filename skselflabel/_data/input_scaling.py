@@ -5,10 +5,6 @@ import torch
 
 from .._runtime.memory import Need
 
-# whiten="auto" whitens tables of at most this many columns: the covariance has
-# columns**2 entries, and every batch is multiplied by a matrix of that size.
-MAX_AUTO_WHITEN_COLUMNS = 1024
-
 
 class InputScaling:
     r"""Centring, scaling and soft whitening fitted on the training data, applied on the
@@ -80,14 +76,11 @@ class InputScaling:
 
 
 def resolve_whiten(whiten, sample_shape):
-    """Whether a fit whitens its input: ``whiten="auto"`` does for tables of at most
-    MAX_AUTO_WHITEN_COLUMNS columns; images never are (a ValueError for True)."""
+    """Whether a fit whitens its input: tables only (a ValueError for images)."""
     image = len(sample_shape) == 3
-    if whiten == "auto":
-        return not image and sample_shape[0] <= MAX_AUTO_WHITEN_COLUMNS
     if whiten and image:
         raise ValueError("whiten=True applies to tables (n_samples, n_features); images are "
-                         "standardised per channel. Use whiten='auto' or False for images.")
+                         "standardised per channel. Use whiten=False for images.")
     return bool(whiten)
 
 

@@ -61,13 +61,11 @@ def test_constant_table_whitens_to_zeros_without_nan():
     assert torch.equal(t, torch.zeros_like(t))
 
 
-def test_whiten_auto_is_for_tables_up_to_the_column_limit_and_true_refuses_images():
+def test_whiten_is_for_tables_and_refuses_images():
     import pytest
-    from skselflabel._data.input_scaling import MAX_AUTO_WHITEN_COLUMNS, resolve_whiten
-    assert resolve_whiten("auto", (MAX_AUTO_WHITEN_COLUMNS,)) is True
-    assert resolve_whiten("auto", (MAX_AUTO_WHITEN_COLUMNS + 1,)) is False
-    assert resolve_whiten("auto", (1, 8, 8)) is False
+    from skselflabel._data.input_scaling import resolve_whiten
     assert resolve_whiten(True, (5000,)) is True and resolve_whiten(False, (4,)) is False
+    assert resolve_whiten(False, (1, 8, 8)) is False
     with pytest.raises(ValueError, match="whiten=True applies to tables"):
         resolve_whiten(True, (1, 8, 8))
 
