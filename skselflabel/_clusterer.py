@@ -65,7 +65,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     n_init : int or "auto", default="auto"
         Starts compared by a trial of a fifth of the epochs (at least one, and always
         fewer than ``max_epochs``); the best continues. A fit costs about
-        ``1 + (n_init - 1) / 5`` times a fit of one start. "auto" is 4, or 1 when
+        ``1 + (n_init - 1) / 5`` times a fit of one start; on tables with the default
+        assigner, the twin with estimated sizes that forks at the end of the trials
+        (``size_agreement_``) adds four fifths of one more. "auto" is 4, or 1 when
         ``max_epochs`` is below 5. A warm start, and a fit resumed from a checkpoint,
         make one start.
 

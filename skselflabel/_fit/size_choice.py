@@ -43,6 +43,12 @@ def fork(run, trainer, graph):
     twin = Trainer(network, config, labeller, generators,
                    twin_events(history, config.verbose, run.team.leader), run.team)
     twin.restore(state)
+    # The first head solved for equal sizes as the assigner's own sizes; a run with
+    # prior="auto" solves the same problem before it estimates, as equal sizes asked for.
+    # Tagged so, its duals start the twin's solves exactly where they start that run's.
+    warm = twin.labeller.warm_starts.get(0)
+    if warm is not None:
+        warm.uniform = True
     return Twin(trainer=twin, network=network, labels=run.labels.clone(), history=history)
 
 
