@@ -40,11 +40,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
 
     solved by Sinkhorn-Knopp (the ``assigner``), and sample :math:`i` gets the label
     :math:`\arg\max_k Q_{ik}`. The column marginal :math:`\pi` (the assigner's ``prior``,
-    uniform by default, or estimated from the data on tables) keeps the clusters from
-    collapsing into one. Self-labels are
-    computed on the plain inputs, with the network in evaluation mode, at
-    ``n_label_updates`` steps spaced quadratically (the ``t``-th at the fraction
-    :math:`(t / (T-1))^2` of training), and once more at the end.
+    uniform by default, or estimated on tables) keeps the clusters from collapsing into
+    one. Self-labels are computed on the plain inputs, with the network in evaluation
+    mode, at ``n_label_updates`` steps spaced quadratically (the ``t``-th at the
+    fraction :math:`(t / (T-1))^2` of training), and once more at the end.
 
     A k-nearest-neighbour graph of the training inputs helps where augmentations are weak:
     labels are diffused over it before the self-label step (``diffusion_steps``), and
@@ -65,9 +64,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     n_init : int or "auto", default="auto"
         Starts compared by a trial of a fifth of the epochs (at least one, and always
         fewer than ``max_epochs``); the best continues. A fit costs about
-        ``1 + (n_init - 1) / 5`` times a fit of one start; on tables with the default
-        assigner, the twin with estimated sizes that forks at the end of the trials
-        (``size_agreement_``) adds four fifths of one more. "auto" is 4, or 1 when
+        ``1 + (n_init - 1) / 5`` times a fit of one start (tables: 4/5 more for the twin
+        of ``size_agreement_``). "auto" is 4, or 1 when
         ``max_epochs`` is below 5. A warm start, and a fit resumed from a checkpoint,
         make one start.
 
@@ -87,11 +85,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``lam`` sets how closely labels follow the network, its ``prior`` the cluster
         proportions of the first head (other heads: equal), its ``size_tolerance`` how far
         cluster sizes may stray from them. None is ``SinkhornAssigner(lam=10.0,
-        tol=0.01, size_tolerance=0.5)``, and on tables it also trains a twin with
-        ``prior="auto"`` from the end of the trials, keeping the run whose self-labels
-        agree better with the neighbour graph (``size_agreement_``); an explicit assigner,
-        or ``assigner__lam`` and ``assigner__prior`` (they work in grid searches), is used
-        as given.
+        tol=0.01, size_tolerance=0.5)``, which on tables also tries ``prior="auto"``
+        (``size_agreement_``); an explicit assigner, or ``assigner__lam`` and
+        ``assigner__prior`` (grid searches), is used as given.
 
     max_epochs : int or "auto", default="auto"
         Passes over the training data; "auto" aims at about 600 gradient steps, within
@@ -145,14 +141,11 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         a ``generator`` keyword, if it takes one) to a batch of the same shape.
 
     whiten : bool, default=False
-        Softly whiten tables before training and before the neighbour graph: along each
-        principal axis of variance :math:`\lambda_i` the centred input is scaled by
-        :math:`1/\sqrt{\lambda_i + \bar\lambda}`, where :math:`\bar\lambda` is the mean
-        variance. Directions that dominate the variance (such as overall size in body
-        measurements) are brought down towards the mean, the others are kept. It helps
-        where such a direction separates nothing, and hurts where it does (the user
-        guide's "Input scaling"). False keeps the input's geometry (centred columns, one
-        shared scale). Images are standardised per channel; True refuses them.
+        Softly whiten tables: along each principal axis of variance :math:`\lambda_i`
+        the centred input is scaled by :math:`1/\sqrt{\lambda_i + \bar\lambda}`
+        (:math:`\bar\lambda` the mean variance), bringing a dominant direction, such as
+        overall size in body measurements, down towards the mean (the user guide's "Input
+        scaling": it hurts where that direction separates the classes). Images: refused.
 
     device : str or torch.device, default="auto"
         Where to train: "auto" is CUDA when available, else the CPU (where a fitted model
@@ -214,10 +207,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     sizes_estimated_ : bool
         Whether ``cluster_sizes_`` were estimated from the data.
     size_agreement_ : ndarray of shape (2,)
-        Only after a fit on a table with the default assigner: the neighbour agreement of
-        the run with equal sizes and of its twin with estimated sizes (the user guide's
-        "Cluster sizes learned from the data"); the larger one was kept, equal sizes on a
-        tie.
+        Tables with the default assigner and ``n_init > 1``: the neighbour agreement of
+        the run with equal sizes and of its twin with estimated sizes, the larger kept.
     start_agreement_ : ndarray of shape (n_init,)
         Only after a fit of several starts: the neighbour agreement of each start's
         self-labels at the end of its trial (the largest one was continued).
@@ -227,10 +218,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads),
         ``label_change`` (fraction of labels the latest self-label step changed, mean over
         heads), ``label_error`` (its largest marginal error over heads: above the
-        assigner's ``tol`` when the solve stopped at ``max_iter``),
-        ``label_iterations`` (the most Sinkhorn iterations a head's solve took in that
-        step; each head's solve starts from the duals of its previous one) and
-        ``seconds``.
+        assigner's ``tol`` when the solve stopped at ``max_iter``), ``label_iterations``
+        (the most Sinkhorn iterations of a head in that step) and ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList
@@ -313,8 +302,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
                  diffusion_steps="auto", augment="auto", whiten=False, device="auto",
-                 num_workers=0,
-                 n_jobs=None, random_state=None, verbose=0, warm_start=False,
+                 num_workers=0, n_jobs=None, random_state=None, verbose=0, warm_start=False,
                  checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters
         self.n_init = n_init
