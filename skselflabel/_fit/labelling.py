@@ -91,7 +91,8 @@ class WarmStart:
     Attributes
     ----------
     uniform : bool
-        Whether that solve asked for equal cluster sizes.
+        Whether that solve was for equal cluster sizes (asked for, or the assigner's own
+        without a ``prior``).
     log_v : torch.Tensor of shape (n_clusters,), float64
         Its ``log_v``, on the training device.
     """
@@ -100,8 +101,8 @@ class WarmStart:
         self.uniform, self.log_v = uniform, log_v
 
     def start_for(self, n_clusters, uniform):
-        """The duals to start a solve of ``n_clusters`` columns with (``uniform``: equal
-        sizes asked for), or None where they belong to another problem: other columns, or
+        """The duals to start a solve of ``n_clusters`` columns with (``uniform``: for
+        equal sizes), or None where they belong to another problem: other columns, or
         the switch between equal and estimated sizes of ``prior="auto"`` (new proportions
         at each later step keep the start: they move little from step to step, and the
         solve still stops at ``tol`` for the sizes it is given)."""
@@ -217,8 +218,11 @@ class SelfLabeller:
             # reported in history_ (label_error) instead of a warning per step.
             warnings.simplefilter("ignore", ConvergenceWarning)
             uniform = h > 0 or self._sizes_wait(progress)
+            # Equal sizes whether asked for or the assigner's own: the same problem, so
+            # the same duals (a run that waits to estimate sizes solves it too).
+            equal = uniform or getattr(self.assigner, "prior", None) is None
             warm = self.warm_starts.get(h)
-            start = None if warm is None else warm.start_for(head.out_features, uniform)
+            start = None if warm is None else warm.start_for(head.out_features, equal)
             result = self.assigner.assign_tensor(
                 logits, uniform=uniform, copy=False,
                 previous_prior=self.proportions if h == 0 else None,
@@ -232,7 +236,7 @@ class SelfLabeller:
             duals[h] = log_v
         error = float(getattr(result, "marginal_error", 0))
         n_iter = float(getattr(result, "n_iter", 0))
-        return torch.tensor([error, 0.0, logits.numel(), n_iter, log_v is not None, uniform],
+        return torch.tensor([error, 0.0, logits.numel(), n_iter, log_v is not None, equal],
                             dtype=torch.float64)
 
     def _sizes_wait(self, progress):

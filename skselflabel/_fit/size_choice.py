@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .assigner_protocol import check_assigner
+from .config import default_assigner
 from .events import HistoryRecorder, twin_events
 from .labelling import SelfLabeller
 from .training import Generators, Trainer
@@ -21,9 +23,10 @@ class Twin:
     history: HistoryRecorder
 
 
-def estimating(assigner):
-    """The default assigner, estimating the cluster proportions (``prior="auto"``)."""
-    return copy.deepcopy(assigner).set_params(prior="auto")
+def estimating():
+    """The default assigner, estimating the cluster proportions (``prior="auto"``), checked
+    as every fit's assigner is."""
+    return check_assigner(default_assigner().set_params(prior="auto"))
 
 
 def fork(run, trainer, graph):
@@ -38,17 +41,10 @@ def fork(run, trainer, graph):
                             augment=_copy_generator(run.generators.augment))
     history = HistoryRecorder()
     history.records = copy.deepcopy(run.history.records)
-    labeller = SelfLabeller(estimating(config.assigner), graph, config.diffusion_steps,
-                            run.team)
+    labeller = SelfLabeller(estimating(), graph, config.diffusion_steps, run.team)
     twin = Trainer(network, config, labeller, generators,
                    twin_events(history, config.verbose, run.team.leader), run.team)
     twin.restore(state)
-    # The first head solved for equal sizes as the assigner's own sizes; a run with
-    # prior="auto" solves the same problem before it estimates, as equal sizes asked for.
-    # Tagged so, its duals start the twin's solves exactly where they start that run's.
-    warm = twin.labeller.warm_starts.get(0)
-    if warm is not None:
-        warm.uniform = True
     return Twin(trainer=twin, network=network, labels=run.labels.clone(), history=history)
 
 
