@@ -10,13 +10,13 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluste
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from torch import nn
 
-from ._fit.config import DefaultAssignerParams, auto_neighbor_features
+from ._fit.config import DefaultAssignerParams
 from ._fit.events import CallbackSupportMixin
 from ._fit.exemplars import check_ranking, exemplars
 from ._fit.fit import fit_model
 from ._fit.inference import (first_head_labels, first_head_logits, graph_agreement,
                              prediction_needs, representation_needs, represent)
-from ._fit.state import FittedModelMixin, alias_moved_modules, commit
+from ._fit.state import FITTED, FittedModelMixin, alias_moved_modules
 from ._runtime.allocation import reports_memory_failures
 from ._runtime.threads import uses_n_jobs
 
@@ -47,8 +47,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
 
     A k-nearest-neighbour graph of the training inputs helps where augmentations are weak:
     labels are diffused over it before the self-label step (``diffusion_steps``), and
-    gradient steps may train on a random neighbour of a sample with the sample's
-    self-label as target (``neighbor_prob``). The user guide explains every parameter.
+    gradient steps may train on a neighbour with the sample's label (``neighbor_prob``).
 
     A fit makes ``n_init`` starts (networks and self-labels drawn from different seeds),
     trains each for a short trial, and continues the one whose self-labels agree best with
@@ -64,10 +63,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     n_init : int or "auto", default="auto"
         Starts compared by a trial of a fifth of the epochs (at least one, and always
         fewer than ``max_epochs``); the best continues. A fit costs about
-        ``1 + (n_init - 1) / 5`` times a fit of one start (tables: 4/5 more for the twin
-        of ``size_agreement_``). "auto" is 4, or 1 when
-        ``max_epochs`` is below 5. A warm start, and a fit resumed from a checkpoint,
-        make one start.
+        ``1 + (n_init - 1) / 5`` fits of one start (tables: 4/5 more for the twin of
+        ``size_agreement_``). "auto" is 4, or 1 below 5 epochs, a warm start or a resume.
 
     n_heads : int, default=1
         Linear heads on the shared backbone, each with its own self-labels; the loss is
@@ -156,8 +153,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``Dataset`` (0: the main process). Arrays are read without workers.
 
     n_jobs : int or None, default=None
-        torch's CPU threads in ``fit``, ``predict``, ``predict_proba``, ``transform``,
-        ``score`` and ``cluster_examples``, for the calling thread during the call only.
+        torch's CPU threads in every method, for the calling thread during the call only.
         None means 1 unless in a :func:`joblib.parallel_config` context; -1: all
         processors (the benchmarks page measures why one is the default).
 
@@ -168,9 +164,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         gives reproducible results on the CPU.
 
     verbose : int, default=0
-        1 shows a progress bar over the batches (tqdm, in a terminal or Jupyter) with the
-        loss, the fraction of labels changed and the head being self-labelled; without
-        tqdm, or when stderr is a pipe or a file, one plain line per epoch.
+        1 shows a progress bar (tqdm, in a terminal or Jupyter) with the loss, the share of
+        labels changed and the head being self-labelled; else one plain line per epoch.
 
     warm_start : bool, default=False
         When True and fitted before on samples of the same shape, ``fit`` continues
@@ -178,22 +173,18 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
 
     checkpoint : str, path-like or None, default=None
         A file where ``fit`` keeps its state (network, optimiser, schedule, self-labels,
-        generator states, position, ``history_``): written at the end of every epoch, at
-        self-label steps a minute or more after the last write, and on Ctrl-C; replaced
-        atomically, so the file on disk is always complete; removed when ``fit``
-        completes. A ``fit`` that finds the file resumes where it stopped, with a warning
-        (on the CPU it ends with the labels the uninterrupted fit would have had), if the
-        file comes from the same parameters and data; otherwise it refuses it, naming
-        what differs.
+        generators, position, ``history_``), replaced atomically at the end of every
+        epoch, at self-label steps a minute or more after the last write, and on Ctrl-C;
+        removed when ``fit`` completes. A ``fit`` that finds the file resumes where it
+        stopped (on the CPU, ending as the uninterrupted fit would have), if the file comes
+        from the same parameters and data; otherwise it refuses it, naming what differs.
 
     sync_batch_norm : bool, default=True
-        Data-parallel fits only (several processes, see the user guide's page on several
-        GPUs): True normalises every BatchNorm layer by the statistics of the whole batch,
-        as :class:`torch.nn.SyncBatchNorm` does, so the processes take the one-process
-        steps; False lets each process normalise its own share of the batch
-        (DistributedDataParallel's default), which saves two collectives per layer and
-        step, and can cluster worse when the shares are small. The benchmarks page and the
-        page on several GPUs measure both.
+        Data-parallel fits only (the user guide's page on several GPUs): True normalises
+        every BatchNorm layer by the statistics of the whole batch, as
+        :class:`torch.nn.SyncBatchNorm` does, so the processes take the one-process steps;
+        False normalises each process's share (DistributedDataParallel's default): two
+        collectives fewer per layer and step, and worse clusters when shares are small.
 
     Attributes
     ----------
@@ -215,11 +206,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     n_iter_ : int
         Epochs run (the last one partial if fitting was interrupted).
     history_ : pandas.DataFrame
-        One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads),
-        ``label_change`` (fraction of labels the latest self-label step changed, mean over
-        heads), ``label_error`` (its largest marginal error over heads: above the
-        assigner's ``tol`` when the solve stopped at ``max_iter``), ``label_iterations``
-        (the most Sinkhorn iterations of a head in that step) and ``seconds``.
+        One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads), and of the
+        epoch's latest self-label step ``label_change`` (share of labels changed, mean over
+        heads), ``label_error`` (largest marginal error: above the assigner's ``tol`` if
+        stopped at ``max_iter``), ``label_iterations`` (most Sinkhorn iterations); ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList
@@ -241,11 +231,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     Ctrl-C during training stops after the current batch and leaves a fitted estimator,
     with a warning saying how far training got; a second Ctrl-C interrupts at once.
     ``predict``, ``predict_proba``, ``transform`` and ``score`` never change the estimator.
-    In a script run by ``torchrun`` (a ``torch.distributed`` process group of several
-    processes, initialised by ``fit`` from torchrun's variables when the script did not),
-    every process calls ``fit`` with the same ``X``: each trains on its share of every
-    batch, with gradients all-reduced, and all end with the same model (the user guide's
-    "Training on several GPUs or machines").
+    Under ``torchrun`` every process calls ``fit`` with the same ``X``, trains on its share
+    of every batch with gradients all-reduced, and ends with the same model (the user
+    guide's "Training on several GPUs or machines").
     With scikit-learn >= 1.9, ``set_callbacks`` attaches scikit-learn callbacks (such as
     ``sklearn.callback.ProgressBar``); each epoch is one task.
 
@@ -354,7 +342,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
             The fitted estimator.
         """
         fitted, messages = fit_model(self, X, y)
-        commit(self, fitted)
+        for name in FITTED:         # every fitted attribute is replaced at once
+            self.__dict__.pop(name, None)
+        self.__dict__.update(fitted.attributes())
         for message in messages:
             warnings.warn(message, UserWarning, stacklevel=2)
         return self
@@ -431,13 +421,11 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         :func:`~skselflabel.metrics.neighbor_agreement` of :meth:`predict` on the
         10-nearest-neighbour graph of ``X``, with empty clusters counting 0: the mean over
         the ``n_clusters`` clusters of the share of their members' neighbours that share
-        their cluster. The graph is built in a space that depends on ``X`` only (gradient
-        histograms for images of at least 16 x 16 pixels, else the inputs; a callable
-        ``neighbor_features`` is used as it is), never in the network's own features, so
-        models of other seeds or settings can be compared on the same ``X``: a fit's
-        ``n_init`` starts are chosen by it. It falls as clusters are added, so it compares
-        fits with the same ``n_clusters`` best (the user guide's "Choosing without
-        labels").
+        their cluster. The graph's space depends on ``X`` only (gradient histograms for
+        images of at least 16 x 16 pixels, else the inputs, or a callable
+        ``neighbor_features``), so models of other seeds or settings can be compared on the
+        same ``X``, as a fit's ``n_init`` starts are. It falls as clusters are added (the
+        user guide's "Choosing without labels").
 
         Parameters
         ----------
@@ -451,11 +439,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         score : float
             In [0, 1].
         """
-        features = self.neighbor_features
-        if not callable(features):
-            features = auto_neighbor_features(self._sample_shape)
         return graph_agreement(self._fitted_network(), self._inference_input(X),
-                               self.n_clusters, features)
+                               self.n_clusters, self.neighbor_features)
 
     @uses_n_jobs
     @reports_memory_failures
@@ -463,12 +448,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         """The most typical samples of each cluster, as indices into ``X``.
 
         Every sample of ``X`` belongs to the cluster :meth:`predict` gives it. With
-        ``by="center"`` a cluster's examples are its members nearest (Euclidean distance) to
-        the mean of the members' learned representation (the output of :meth:`transform`);
-        with ``by="confidence"`` they are its members with the highest probability of the
-        cluster (:meth:`predict_proba`), which for a confident network are many near 1.
-        Pass the training data to see what each learned cluster stands for, and the result
-        to :func:`skselflabel.plotting.plot_cluster_grid` (``examples=``) to show them.
+        ``by="center"`` a cluster's examples are its members nearest to the mean of the
+        members' :meth:`transform`; with ``by="confidence"`` they are its members of highest
+        :meth:`predict_proba`. Show them with :func:`skselflabel.plotting.plot_cluster_grid`
+        (``examples=``).
 
         Parameters
         ----------

@@ -37,7 +37,7 @@ def fit_model(estimator, X, y):
     Returns
     -------
     fitted : FittedModel
-        Every fitted attribute, for :func:`skselflabel._fit.state.commit`.
+        Every fitted attribute, committed by ``SelfLabelClusterer.fit``.
     messages : list of str
         Warnings to give once the model is committed (none in other processes than the
         leader).

@@ -6,7 +6,7 @@ from .._runtime.interrupt import check_interrupt
 from .._runtime.allocation import memory_step, plan
 from .._runtime.memory import FLOAT32, INT64, Need
 from .._runtime.processes import SOLO
-from .config import AUTO_NEIGHBORS
+from .config import AUTO_NEIGHBORS, auto_neighbor_features
 from .graph import NeighborGraph, knn_needs, neighbor_width
 
 INFERENCE_BATCH = 256
@@ -133,8 +133,10 @@ def representation_needs(n, width):
 
 def graph_agreement(network, feeder, n_clusters, features):
     """:func:`~skselflabel.metrics.neighbor_agreement` of the first head's labels of the
-    feeder's samples on their k-NN graph in the space ``features`` (see
-    :func:`~skselflabel._fit.graph.neighbor_points`)."""
+    feeder's samples on their k-NN graph in the space ``features`` (a callable, else the
+    data's own space: see :func:`~skselflabel._fit.config.auto_neighbor_features`)."""
+    if not callable(features):
+        features = auto_neighbor_features(network.sample_shape)
     n = feeder.n_samples
     if n < 2:
         raise ValueError(f"score needs at least 2 samples (it compares each sample with its "

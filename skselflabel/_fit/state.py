@@ -75,13 +75,6 @@ class FittedModel:
         return {name: value for name, value in found.items() if value is not None}
 
 
-def commit(estimator, fitted):
-    """Replace every fitted attribute of ``estimator`` at once by those of ``fitted``."""
-    for name in FITTED:
-        estimator.__dict__.pop(name, None)
-    estimator.__dict__.update(fitted.attributes())
-
-
 def pickled_state(state):
     """The state to pickle: versioned, with CPU modules so that a GPU model loads anywhere."""
     state = dict(state, _skselflabel_state=STATE_VERSION)
