@@ -91,7 +91,7 @@ def make_kernel(problem, D, W, g, row_max=None):
     block is read before it is written. Returns ``a`` (float64) with ``row_max`` folded out.
     """
     a = torch.empty(D.shape[0], dtype=torch.float64, device=D.device)
-    exponent = _exponent_fn(problem.lam, g, W.dtype)
+    exponent = exponent_fn(problem.lam, g, W.dtype)
 
     def build(lo, hi, block):
         for s in range(lo, hi, block):
@@ -108,7 +108,7 @@ def make_kernel(problem, D, W, g, row_max=None):
     return a
 
 
-def _exponent_fn(lam, g, dtype):
+def exponent_fn(lam, g, dtype):
     """``exponent(d, row_max, out)``: ``out = x - max_k x`` for ``x = lam * (d - row_max) + g``,
     returning the row maxima.
 

@@ -11,7 +11,8 @@ from .._runtime.memory import FLOAT32, FLOAT64, Need
 from .._runtime.threads import own_threads
 from .checks import (as_tensor, check_iterations, check_lam, check_shape, check_tolerance,
                      log_prior, needs_copy)
-from .iterations import Problem, anneal, finish, make_kernel, scaling_loop
+from .iterations import (EXP_MIN, Problem, anneal, exponent_fn, finish, make_kernel,
+                         scaling_loop)
 from .rounding import round_to_sizes, rounding_needs, size_bounds
 from .row_blocks import RowBlocks, block_rows
 
@@ -127,11 +128,12 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         (15.4 GB) are solved within their own memory.
     init_log_v : array-like or torch.Tensor of shape (n_clusters,), default=None
         Column log-scalings to start from, such as ``log_v`` of the previous self-label
-        step. They replace the subsample warm-up; where that subsample is the whole
-        matrix, the solve starts from them at ``lam`` instead of annealing ``lam`` up from
-        a small value (and anneals after all if the error then stops halving over 50
-        iterations). Only the starting point changes: the solve still stops at ``tol`` for
-        these scores and ``prior``.
+        step: the warm-up on a row subsample (or on the whole matrix, when it is small)
+        starts from them at ``lam`` instead of annealing ``lam`` up from a small value,
+        and anneals after all if the error then stops halving over 50 iterations. A larger
+        matrix starts from the given potentials or the subsample's solution, whichever has
+        the smaller marginal error on it. Only the starting point changes: the solve still
+        stops at ``tol``.
     reduce_fn : callable, default=None
         Seam for data-parallel use, with the rows of ``scores`` split across processes:
         ``reduce_fn(t)`` must sum the float64 tensor ``t`` (column sums) over all processes
@@ -386,8 +388,8 @@ def _subsample_is_whole(problem, N, n_sub):
 
 
 def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
-    """Column potentials from a row subsample with epsilon-scaling, or the caller's
-    potentials ``start``.
+    """Column potentials from a row subsample, by epsilon-scaling or from the caller's
+    potentials ``start`` at the target lam.
 
     At least ``_WARMUP_ROWS_PER_CLUSTER`` rows per cluster, so every potential is
     estimated; there the kernel can be rebuilt exactly whenever it is needed. Returns
@@ -398,11 +400,8 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     N, K = src.shape
     n_sub = warmup_rows(N, K)
     whole = _subsample_is_whole(problem, N, n_sub)
-    if start is not None:
-        # A subsample's solution is further from the full matrix's than good starting
-        # potentials (the previous self-label step's): the full matrix starts from them.
-        return (start, None) if not whole else (
-            None, _from_start(problem, src, row_max, dtype, max_iter, start))
+    if start is not None and whole:
+        return None, _from_start(problem, src, row_max, dtype, max_iter, start)
     idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
     sub = src if whole else src.index_select(0, idx)
     sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
@@ -411,13 +410,54 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     # Each subsample row stands for N / n_sub rows of this process.
     at = problem if whole else problem.stage(rows=rows, r=(N / n_sub) * problem.r,
                                              tol=max(problem.tol, _WARM_TOL))
+    budget = max_iter if whole else min(max_iter, _WARM_MAX_ITER)
     try:
-        g, res, n_iter = anneal(at, sub, torch.empty_like(sub),
-                                max_iter if whole else min(max_iter, _WARM_MAX_ITER))
+        if start is None:
+            g, res, n_iter = anneal(at, sub, torch.empty_like(sub), budget)
+        else:
+            # The caller's start seeds the subsample, never the full kernel directly: a start
+            # far from this matrix's solution (scores that changed a lot since) would leave
+            # columns in a dead zone of an in-place kernel, which cannot be rebuilt.
+            res, n_iter = _from_start(at, sub, None, dtype, budget, start)
+            g = res.g + res.log_v
     finally:
         if not whole:
             rows.close()
-    return (None, (res, n_iter)) if whole else (g, None)
+    if whole:
+        return None, (res, n_iter)
+    # The whole matrix is solved in place, where a column that starts far from its solution
+    # cannot be rebuilt: start from the subsample's potentials unless the caller's fit
+    # this matrix better (the previous step's do, unless the scores changed a lot since).
+    if start is not None and (_plan_error(problem, src, row_max, start, dtype)
+                              < _plan_error(problem, src, row_max, g, dtype)):
+        g = start
+    return g, None
+
+
+def _plan_error(problem, src, row_max, g, dtype):
+    """Marginal error on the whole matrix of the plan with column potentials ``g`` and exact
+    row sums, in one read-only pass."""
+    K = src.shape[1]
+    exponent = exponent_fn(problem.lam, g, dtype)
+
+    def column_sums(lo, hi, block):
+        acc = torch.zeros(K, dtype=torch.float64, device=src.device)
+        w = torch.empty((min(block, hi - lo), K), dtype=dtype, device=src.device)
+        for s in range(lo, hi, block):
+            e = min(hi, s + block)
+            kernel = w[:e - s]
+            exponent(src[s:e], row_max[s:e, None], kernel)
+            kernel.clamp_min_(EXP_MIN).exp_()
+            kernel /= kernel.sum(1, keepdim=True)
+            acc += kernel.sum(0, dtype=torch.float64)
+        return acc
+
+    acc = torch.stack(problem.rows.map(column_sums)).sum(0) * problem.r
+    if problem.reduce_fn is not None:
+        problem.reduce_fn(acc)
+    target = problem.log_p.exp()
+    allowed = target > 0
+    return float(((acc[allowed] - target[allowed]) / target[allowed]).abs().max())
 
 
 def _from_start(problem, src, row_max, dtype, max_iter, start):
