@@ -9,7 +9,7 @@ import torch
 
 from .._data.descriptors import gradient_histograms
 from .._runtime.interrupt import check_interrupt
-from .._runtime.memory import FLOAT32, INT64, Need
+from .._runtime.memory import FLOAT32, INT64, Need, available
 from .._runtime.processes import SOLO
 from ..metrics import drop_self, neighbor_agreement
 
@@ -19,19 +19,30 @@ DIFFUSION_CHUNK_ELEMENTS = 2**24
 # when the wide points take at most IN_MEMORY_BYTES, else in two streamed passes.
 MAX_DIM = 64
 IN_MEMORY_BYTES = 1 << 28
-# Exact search (O(N^2)) up to this many samples, BLOCK_ROWS rows of the distance matrix at
-# a time (LIVE_BLOCKS alive at once: the product, its double, the previous block); an
-# approximate index beyond.
+# Exact search (O(N^2)) up to this many samples on a CPU, and on a GPU wherever its blocks
+# fit in free device memory: BLOCK_ROWS rows of the distance matrix at a time (LIVE_BLOCKS
+# alive at once: the product, its double, the previous block). An approximate search beyond.
 EXACT_MAX_SAMPLES = 100_000
 BLOCK_ROWS = 2048
 LIVE_BLOCKS = 3
-# faiss HNSW index: links per node, and the search depth at construction and query
-# (benchmarks/scale.py measures their recall against exact search). Besides the points
-# the index holds about INDEX_BYTES_PER_POINT per point: its links (twice HNSW_LINKS int32
-# ids) and their bookkeeping.
-HNSW_LINKS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 40, 48
-INDEX_BYTES_PER_POINT = 2 * HNSW_LINKS * 4 + 64
-
+# The approximate search (an inverted file; the user guide's "The neighbour graph at
+# scale"): k-means cuts the points into lists of about LIST_SIZE (trained on KMEANS_SAMPLE
+# points per list for KMEANS_ITERATIONS steps); each point is filed in the lists of its
+# `spill` nearest centres and searched exactly among the points filed in its own list.
+# `spill` is the least, at most MAX_SPILL, whose recall on RECALL_SAMPLE points searched
+# exactly, less RECALL_MARGIN standard errors, reaches the asked-for recall.
+LIST_SIZE = 1000
+KMEANS_SAMPLE, KMEANS_ITERATIONS = 32, 10
+MAX_SPILL = 16
+RECALL_SAMPLE, RECALL_MARGIN = 1000, 2.0
+# The recall asked for by default (the estimator's ``neighbor_recall``).
+NEIGHBOR_RECALL = 0.95
+# Elements of one distance block of the approximate search (LIVE_BLOCKS alive at once).
+SCAN_BLOCK_ELEMENTS = 2**24
+# Besides a copy of the points (a list's gathered members, at most all of them), the index
+# holds per point its lists and their filing order (MAX_SPILL int64 each), its own list's
+# queue position (int64) and its squared norm.
+INDEX_BYTES_PER_POINT = 2 * MAX_SPILL * INT64 + INT64 + FLOAT32
 
 def _embedder(features):
     """``f(batch) -> (batch, m)`` float32 for the ``neighbor_features`` setting."""
@@ -139,7 +150,7 @@ def _principal_axes(embed, feeder, dim, team=SOLO):
 
 
 def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DIM,
-                      method="auto", rows=None):
+                      method="auto", rows=None, recall=NEIGHBOR_RECALL):
     """Indices of each point's ``n_neighbors`` nearest other points (Euclidean).
 
     Parameters
@@ -149,19 +160,21 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
     n_neighbors : int
         Neighbours per point, ``1 <= n_neighbors < n_samples``.
     batch_size : int, default=2048
-        Rows of the distance matrix computed at once (memory ``batch_size * n_samples``).
+        Rows of the exact distance matrix computed at once (memory ``batch_size *
+        n_samples``).
     max_dim : int, default=64
         Vectors wider than this are first projected on their top ``max_dim`` principal
         axes (exact eigendecomposition of the covariance: deterministic, no RNG), which
         keeps the search cheap for images.
-    method : {"auto", "exact", "faiss"}, default="auto"
-        "exact" compares every pair, in blocks of ``batch_size`` rows; "faiss" uses an
-        approximate HNSW index (faiss-cpu, the ``faiss`` extra), growing like N log N.
-        "auto" is exact up to 100,000 points and faiss beyond (exact, with a warning,
-        when faiss is not installed).
+    method : {"auto", "exact", "ivf"}, default="auto"
+        "exact" compares every pair, in blocks of ``batch_size`` rows; "ivf" searches each
+        point among the points of nearby k-means lists (:class:`InvertedLists`), filed in
+        as many lists as ``recall`` needs. "auto": see :func:`search_method`.
     rows : tuple of int, default=None
         ``(start, stop)``: search the neighbours of these points only (a process's shard),
         among all points; None: of every point.
+    recall : float in (0, 1], default=0.95
+        The share of the true neighbours the approximate search is to find (1: exact).
 
     Returns
     -------
@@ -183,8 +196,8 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
     if x.shape[1] > max_dim:
         x = _project(x, max_dim)
     first, last = (0, n) if rows is None else rows
-    if _choose_method(method, n) == "faiss":
-        return _faiss_neighbors(x, n_neighbors, first, last).to(points.device)
+    if search_method(n, x.shape[1], x.device, recall, method) == "ivf":
+        return InvertedLists(x, n_neighbors, recall).search(first, last).to(points.device)
     sq = (x * x).sum(1)
     out = torch.empty((last - first, n_neighbors), dtype=torch.int64, device=x.device)
     for start in range(first, last, batch_size):
@@ -197,40 +210,155 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
     return out
 
 
-def _choose_method(method, n):
+def exact_bytes(n, width):
+    """The distance blocks of the exact search over ``n`` points of ``width`` values."""
+    return LIVE_BLOCKS * min(BLOCK_ROWS, n) * n * FLOAT32
+
+
+def search_method(n, width, device, recall=NEIGHBOR_RECALL, method="auto"):
+    """``"exact"`` or ``"ivf"``: the search of the graph of ``n`` points of ``width`` values
+    on ``device``. "auto" is exact when ``recall`` is 1, for at most 100,000 points, and on
+    a GPU whenever the exact search's blocks fit in its free memory; else "ivf"."""
     if method != "auto":
         return method
-    if n <= EXACT_MAX_SAMPLES:
+    if recall >= 1 or n <= EXACT_MAX_SAMPLES:
         return "exact"
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        warnings.warn(f"Exact nearest-neighbour search over {n} samples grows like n^2 "
-                      "(hours beyond a million); install the faiss extra (pip install "
-                      "'skselflabel[faiss]') for an approximate search.", UserWarning,
-                      stacklevel=4)
-        return "exact"
-    return "faiss"
+    if torch.device(device).type == "cuda":
+        room, _ = available(device)
+        if room is not None and exact_bytes(n, width) <= room:
+            return "exact"
+    return "ivf"
 
 
-def _faiss_neighbors(x, n_neighbors, start, stop):
-    """Approximate k-NN of the points ``[start, stop)`` among all, with a faiss HNSW index
-    of all points built on one thread, so that the graph, and with it the fit, is
-    reproducible (a parallel build depends on thread timing)."""
-    import faiss
+def _nearest_centres(x, centres, count):
+    """``(n, count)`` indices of each row's ``count`` nearest centres, nearest first."""
+    sqc = (centres * centres).sum(1)
+    rows = max(1, SCAN_BLOCK_ELEMENTS // centres.shape[0])
+    return torch.cat([(sqc[None, :] - 2.0 * (x[s:s + rows] @ centres.T))
+                      .topk(count, dim=1, largest=False).indices
+                      for s in range(0, x.shape[0], rows)])
 
-    data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    index = faiss.IndexHNSWFlat(data.shape[1], HNSW_LINKS)
-    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        index.add(data)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    index.hnsw.efSearch = max(HNSW_EF_SEARCH, n_neighbors + 1)
-    _, found = index.search(data[start:stop], n_neighbors + 1)
-    return torch.from_numpy(drop_self(found, n_neighbors, start))
+
+def _kmeans(x, n_lists):
+    """Lloyd's k-means on a seeded sample of ``x``: ``(n_lists, width)`` centres. The sums
+    are differences of a float64 cumulative sum of the rows sorted by centre, which, unlike
+    ``index_add_`` on a GPU, adds in a fixed order: the graph is reproducible."""
+    gen = torch.Generator(x.device).manual_seed(0)
+    pick = torch.randperm(x.shape[0], generator=gen, device=x.device)
+    sample = x[pick[:KMEANS_SAMPLE * n_lists]]
+    centres = sample[:n_lists].clone()
+    for _ in range(KMEANS_ITERATIONS):
+        nearest = _nearest_centres(sample, centres, 1)[:, 0]
+        order = torch.argsort(nearest, stable=True)
+        total = torch.zeros((len(sample) + 1, x.shape[1]), dtype=torch.float64,
+                            device=x.device)
+        torch.cumsum(sample[order].double(), 0, out=total[1:])
+        counts = torch.bincount(nearest, minlength=n_lists)
+        ends = counts.cumsum(0)
+        sums = total[ends] - total[ends - counts]
+        filled = counts > 0
+        centres[filled] = (sums[filled] / counts[filled, None]).float()
+    return centres
+
+
+class InvertedLists:
+    """An approximate k-NN index of the rows of ``x``: k-means lists of about
+    :data:`LIST_SIZE` points, each point filed in the lists of its ``spill`` nearest
+    centres, with ``spill`` the least (at most :data:`MAX_SPILL`) whose recall, estimated
+    on a seeded sample searched exactly, reaches ``recall``.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n_samples, width), float32
+    n_neighbors : int
+    recall : float in (0, 1)
+
+    Attributes
+    ----------
+    n_lists, spill : int
+    estimated_recall : float
+        Mean recall of the sample at ``spill``.
+    """
+
+    def __init__(self, x, n_neighbors, recall=NEIGHBOR_RECALL):
+        self.x, self.n_neighbors = x, n_neighbors
+        self.n_lists = max(1, round(x.shape[0] / LIST_SIZE))
+        self.centres = _kmeans(x, self.n_lists)
+        self.spill, self.estimated_recall = self._spill(recall)
+        if self.spill == MAX_SPILL and self.estimated_recall < recall:
+            warnings.warn(f"The approximate nearest-neighbour search reaches an estimated "
+                          f"recall of {self.estimated_recall:.3f}, below neighbor_recall="
+                          f"{recall}; set neighbor_recall=1.0 for an exact search (it grows "
+                          "like n^2).", UserWarning, stacklevel=2)
+        self.lists = _nearest_centres(x, self.centres, self.spill)
+
+    def _sample_neighbors(self, sample):
+        """The exact neighbours of the rows ``sample``, in blocks of columns."""
+        x, k = self.x, self.n_neighbors
+        sq = (x * x).sum(1)
+        cols = max(k + 1, SCAN_BLOCK_ELEMENTS // len(sample))
+        best_d = torch.full((len(sample), 0), float("inf"), device=x.device)
+        best_i = torch.zeros((len(sample), 0), dtype=torch.int64, device=x.device)
+        for s in range(0, x.shape[0], cols):
+            d = sq[None, s:s + cols] - 2.0 * (x[sample] @ x[s:s + cols].T)
+            own = (sample >= s) & (sample < s + cols)
+            d[own.nonzero()[:, 0], sample[own] - s] = float("inf")
+            best_d = torch.cat([best_d, d], 1)
+            best_i = torch.cat([best_i, torch.arange(s, s + d.shape[1], device=x.device)
+                                .expand_as(d)], 1)
+            best_d, pos = best_d.topk(min(k, best_d.shape[1]), dim=1, largest=False)
+            best_i = best_i.gather(1, pos)
+        return best_i
+
+    def _spill(self, recall):
+        """The least spill reaching ``recall`` on the sample, and its mean recall there: a
+        true neighbour j of a sampled point q is found when q's own list is among the
+        ``spill`` lists nearest to j."""
+        x, k = self.x, self.n_neighbors
+        gen = torch.Generator(x.device).manual_seed(1)
+        sample = torch.randperm(x.shape[0], generator=gen, device=x.device)[:RECALL_SAMPLE]
+        true = self._sample_neighbors(sample).flatten()
+        home = _nearest_centres(x[sample], self.centres, 1).repeat_interleave(k, 0)
+        sqc = (self.centres * self.centres).sum(1)
+        ranks, rows = [], max(1, SCAN_BLOCK_ELEMENTS // self.n_lists)
+        for s in range(0, len(true), rows):
+            d = sqc[None, :] - 2.0 * (x[true[s:s + rows]] @ self.centres.T)
+            ranks.append((d < d.gather(1, home[s:s + rows])).sum(1))
+        rank = torch.cat(ranks).view(len(sample), k)
+        for spill in range(1, MAX_SPILL + 1):
+            found = (rank < spill).double().mean(1)
+            error = found.std() / math.sqrt(len(sample)) if len(sample) > 1 else 0.0
+            if found.mean() - RECALL_MARGIN * error >= recall or spill == self.n_lists:
+                break
+        return spill, float(found.mean())
+
+    def search(self, first, last):
+        """``(last - first, n_neighbors)`` approximate neighbours of the points ``[first,
+        last)``, each searched exactly among the points filed in its nearest list."""
+        x, k = self.x, self.n_neighbors
+        n, device = x.shape[0], x.device
+        sq = (x * x).sum(1)
+        flat = self.lists.flatten()
+        filed = torch.argsort(flat, stable=True).div_(self.spill, rounding_mode="floor")
+        ends = torch.bincount(flat, minlength=self.n_lists).cumsum(0).tolist()
+        own = self.lists[first:last, 0]
+        queue = torch.argsort(own, stable=True) + first
+        own_ends = torch.bincount(own, minlength=self.n_lists).cumsum(0).tolist()
+        out = torch.empty((last - first, k + 1), dtype=torch.int64, device=device)
+        for j in range(self.n_lists):
+            queries = queue[(own_ends[j - 1] if j else 0):own_ends[j]]
+            if not len(queries):
+                continue
+            members = filed[(ends[j - 1] if j else 0):ends[j]]
+            if len(members) <= k:       # too few to choose from: search them all
+                members = torch.arange(n, device=device)
+            points, norms = x[members], sq[members]
+            rows = max(1, SCAN_BLOCK_ELEMENTS // len(members))
+            for s in range(0, len(queries), rows):
+                q = queries[s:s + rows]
+                d = norms[None, :] - 2.0 * (x[q] @ points.T)
+                out[q - first] = members[d.topk(k + 1, dim=1, largest=False).indices]
+        return torch.from_numpy(drop_self(out.cpu().numpy(), k, first)).to(device)
 
 
 def _project(x, dim):
@@ -254,15 +382,16 @@ class NeighborGraph:
         self.indices = indices
 
     @classmethod
-    def build(cls, feeder, features, n_neighbors, team=SOLO):
+    def build(cls, feeder, features, n_neighbors, team=SOLO, recall=NEIGHBOR_RECALL):
         """The graph of the feeder's samples in the space ``features`` (see
-        :func:`neighbor_points`), on the feeder's index device; with several processes in
-        ``team``, each searches the neighbours of its shard and the results are gathered."""
+        :func:`neighbor_points`), on the feeder's index device, searched to ``recall`` (see
+        :func:`nearest_neighbors`); with several processes in ``team``, each searches the
+        neighbours of its shard and the results are gathered."""
         points = neighbor_points(feeder, features, team=team)
         if team.world == 1:
-            return cls(nearest_neighbors(points, n_neighbors))
+            return cls(nearest_neighbors(points, n_neighbors, recall=recall))
         start, stop = team.shard(feeder.n_samples)
-        local = nearest_neighbors(points, n_neighbors, rows=(start, stop))
+        local = nearest_neighbors(points, n_neighbors, rows=(start, stop), recall=recall)
         return cls(team.gather_rows(local, feeder.n_samples))
 
     def agreement(self, labels, n_clusters):
@@ -326,18 +455,18 @@ def graph_needs(n, n_neighbors):
     return [Need("neighbour indices", n * n_neighbors * INT64, "n_neighbors")]
 
 
-def knn_needs(n, d, n_neighbors):
-    """Building the graph of ``n`` points of width ``d``: the search (exact distance blocks,
-    or an approximate index), the points (and the wide ones while they are projected in
-    memory), and the graph."""
+def knn_needs(n, d, n_neighbors, recall=NEIGHBOR_RECALL, device="cpu"):
+    """Building the graph of ``n`` points of width ``d`` on ``device``: the search (exact
+    distance blocks, or the approximate index, as :func:`search_method` chooses), the
+    points (and the wide ones while they are projected in memory), and the graph."""
     width = min(d, MAX_DIM)
     wide = n * d * FLOAT32 if MAX_DIM < d and n * d * FLOAT32 <= IN_MEMORY_BYTES else 0
-    if n <= EXACT_MAX_SAMPLES:
-        search = Need("k-NN distance blocks", LIVE_BLOCKS * min(BLOCK_ROWS, n) * n * FLOAT32,
-                      "n_samples, or n_neighbors=0 (no graph)")
+    lower = "n_samples, or n_neighbors=0 (no graph)"
+    if search_method(n, width, device, recall) == "exact":
+        search = Need("k-NN distance blocks", exact_bytes(n, width), lower)
     else:
-        search = Need("k-NN index", n * (width * FLOAT32 + INDEX_BYTES_PER_POINT),
-                      "n_samples, or n_neighbors=0 (no graph)")
+        search = Need("k-NN index", n * (width * FLOAT32 + INDEX_BYTES_PER_POINT)
+                      + LIVE_BLOCKS * SCAN_BLOCK_ELEMENTS * FLOAT32, lower)
     return [search, Need("k-NN points", wide + n * width * FLOAT32, "n_samples"),
             *graph_needs(n, n_neighbors)]
 

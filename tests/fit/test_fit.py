@@ -20,7 +20,9 @@ def test_estimates_follow_the_sizes():
     # More clusters than features: the walk runs on the 128 features, not the logits.
     assert parts["diffusion scratch"] == 200_000 * 128 * 4
     knn = {need.what: need.nbytes for need in phases[0]}
-    assert knn["k-NN index"] == 200_000 * (64 * 4 + 192)              # beyond 100,000 rows
+    # Beyond 100,000 rows: a copy of the points, 16 lists and their order, a queue
+    # position and a norm per point, and three 64 MB distance blocks.
+    assert knn["k-NN index"] == 200_000 * (64 * 4 + 2 * 16 * 8 + 8 + 4) + 3 * 2**24 * 4
     small = {need.what: need.nbytes for need in fit_phases(50_000, 64, 3000, 1, 128, 10, 5)[0]}
     assert small["k-NN distance blocks"] == 3 * 2048 * 50_000 * 4
     assert 2.8 * 2**30 < total < 3.3 * 2**30
