@@ -88,8 +88,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``assigner__prior`` (grid searches), is used as given.
 
     max_epochs : int or "auto", default="auto"
-        Passes over the training data; "auto" aims at about 600 gradient steps, within
-        10 to 100 epochs.
+        Passes over the data; "auto" aims at about 600 gradient steps, in 10 to 100 epochs.
 
     n_label_updates : int or "auto", default="auto"
         Self-label steps over the run (plus a final one). "auto": 100 (the paper's count)
@@ -123,10 +122,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         an ``(n_samples, m)`` embedding of the training samples (from a pretrained model).
 
     neighbor_recall : float in (0, 1], default=0.95
-        Beyond 100,000 samples (on a GPU, beyond what its memory holds) the graph is
-        searched approximately: the share of each sample's true nearest neighbours to
-        find, checked on 1,000 samples searched exactly. Lower is faster; 1.0 searches
-        every pair exactly, in time growing like :math:`n^2`.
+        Share of true neighbours that faiss's approximate search (the ``faiss`` extra)
+        must find beyond 20,000 samples; 1.0 searches every pair, in time :math:`O(n^2)`.
 
     neighbor_prob : float in [0, 1] or "auto", default="auto"
         Chance that a training input is replaced by a random neighbour; "auto" is 1.0 for
@@ -293,13 +290,12 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     }
 
     def __init__(self, n_clusters=10, *, n_init="auto", n_heads=1, backbone="auto",
-                 assigner=None,
-                 max_epochs="auto", n_label_updates="auto", batch_size="auto",
+                 assigner=None, max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
-                 n_neighbors="auto", neighbor_features="auto",
-                 neighbor_recall=NEIGHBOR_RECALL, neighbor_prob="auto", diffusion_steps="auto", augment="auto", whiten=False, device="auto",
-                 num_workers=0, n_jobs=None, random_state=None, verbose=0, warm_start=False,
-                 checkpoint=None, sync_batch_norm=True):
+                 n_neighbors="auto", neighbor_features="auto", neighbor_recall=NEIGHBOR_RECALL,
+                 neighbor_prob="auto", diffusion_steps="auto", augment="auto", whiten=False,
+                 device="auto", num_workers=0, n_jobs=None, random_state=None, verbose=0,
+                 warm_start=False, checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.n_heads = n_heads
@@ -448,9 +444,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         score : float
             In [0, 1].
         """
-        return graph_agreement(self._fitted_network(), self._inference_input(X),
-                               self.n_clusters, self.neighbor_features,
-                               self.neighbor_recall)
+        return graph_agreement(self._fitted_network(), self._inference_input(X), self.n_clusters,
+                               self.neighbor_features, self.neighbor_recall)
 
     @uses_n_jobs
     @reports_memory_failures

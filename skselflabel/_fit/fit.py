@@ -303,7 +303,7 @@ def initial_labels(heads, n_samples, generator, device):
 
 
 def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps,
-               neighbor_recall=NEIGHBOR_RECALL, device="cpu"):
+               search=("cpu", NEIGHBOR_RECALL)):
     """The phases of a fit, each a list of :class:`Need` alive at once: building the
     neighbour graph, then the self-label steps. The data are read where they are, batch
     by batch: no copy of them is counted.
@@ -318,15 +318,14 @@ def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps,
         Width of the backbone's output (the heads' input).
     n_neighbors, diffusion_steps : int
         Resolved graph settings (0 neighbours: no graph, no diffusion).
-    neighbor_recall : float, default=0.95
-        Recall asked of the approximate k-NN search.
-    device : torch.device or str, default="cpu"
-        Where the graph is searched (exact on a GPU where its blocks fit).
+    search : tuple, default=("cpu", 0.95)
+        ``(device, neighbor_recall)``: where the graph is searched (exactly on a GPU where
+        its blocks fit) and the recall asked of the approximate search.
     """
     resident = [Need("self-labels", n_heads * n * INT64, "n_heads")]
     phases = []
     if n_neighbors > 0:
-        phases.append(resident + knn_needs(n, d, n_neighbors, neighbor_recall, device))
+        phases.append(resident + knn_needs(n, d, n_neighbors, search[1], search[0]))
     phases.append(resident + label_step_needs(n, n_clusters, width, n_neighbors,
                                               diffusion_steps))
     return phases
@@ -338,7 +337,7 @@ def check_fit_memory(config, data, network):
     d = neighbor_width(config.neighbor_features, data.sample_shape)
     plan(fit_phases(data.n_samples, d, config.n_clusters, config.n_heads,
                     network.head_width, config.n_neighbors, config.diffusion_steps,
-                    config.neighbor_recall, config.device),
+                    (config.device, config.neighbor_recall)),
          config.device, "SelfLabelClusterer.fit")
 
 

@@ -22,27 +22,29 @@ IN_MEMORY_BYTES = 1 << 28
 # Exact search (O(N^2)) up to this many samples on a CPU, and on a GPU wherever its blocks
 # fit in free device memory: BLOCK_ROWS rows of the distance matrix at a time (LIVE_BLOCKS
 # alive at once: the product, its double, the previous block). An approximate search beyond.
-EXACT_MAX_SAMPLES = 100_000
+EXACT_MAX_SAMPLES = 20_000
 BLOCK_ROWS = 2048
 LIVE_BLOCKS = 3
-# The approximate search (an inverted file; the user guide's "The neighbour graph at
-# scale"): k-means cuts the points into lists of about LIST_SIZE (trained on KMEANS_SAMPLE
-# points per list for KMEANS_ITERATIONS steps); each point is filed in the lists of its
-# `spill` nearest centres and searched exactly among the points filed in its own list.
-# `spill` is the least, at most MAX_SPILL, whose recall on RECALL_SAMPLE points searched
-# exactly, less RECALL_MARGIN standard errors, reaches the asked-for recall.
+# The approximate search (faiss's IndexIVFFlat, the `faiss` extra; the user guide's "The
+# neighbour graph at scale"): k-means, seeded with KMEANS_SEED on one thread so that the
+# graph is reproducible, cuts the points into lists of about LIST_SIZE; each point is
+# searched among the points of its `nprobe` nearest lists, nprobe the least, at most
+# MAX_NPROBE, whose recall on RECALL_SAMPLE points searched exactly, less RECALL_MARGIN
+# standard errors, reaches the asked-for recall.
 LIST_SIZE = 1000
-KMEANS_SAMPLE, KMEANS_ITERATIONS = 32, 10
-MAX_SPILL = 16
+KMEANS_SEED = 0
+MAX_NPROBE = 64
 RECALL_SAMPLE, RECALL_MARGIN = 1000, 2.0
 # The recall asked for by default (the estimator's ``neighbor_recall``).
 NEIGHBOR_RECALL = 0.95
-# Elements of one distance block of the approximate search (LIVE_BLOCKS alive at once).
-SCAN_BLOCK_ELEMENTS = 2**24
-# Besides a copy of the points (a list's gathered members, at most all of them), the index
-# holds per point its lists and their filing order (MAX_SPILL int64 each), its own list's
-# queue position (int64) and its squared norm.
-INDEX_BYTES_PER_POINT = 2 * MAX_SPILL * INT64 + INT64 + FLOAT32
+# Queries per faiss search, taken in the order of their lists (neighbouring queries scan
+# the same lists, which keeps them in cache), and per exact block of the recall sample.
+SEARCH_ROWS = 1 << 16
+SAMPLE_BLOCK_ELEMENTS = 1 << 24
+# Besides its copy of the points, the index holds an int64 id per point and a centroid per
+# list; each point's list (int64) orders the queries.
+INDEX_BYTES_PER_POINT = 2 * INT64
+
 
 def _embedder(features):
     """``f(batch) -> (batch, m)`` float32 for the ``neighbor_features`` setting."""
@@ -168,8 +170,10 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
         keeps the search cheap for images.
     method : {"auto", "exact", "ivf"}, default="auto"
         "exact" compares every pair, in blocks of ``batch_size`` rows; "ivf" searches each
-        point among the points of nearby k-means lists (:class:`InvertedLists`), filed in
-        as many lists as ``recall`` needs. "auto": see :func:`search_method`.
+        point among the points of its nearest k-means lists, as many as ``recall`` needs
+        (:class:`IVFSearch`, faiss: the ``faiss`` extra). "auto": see
+        :func:`search_method`; where it would search approximately but faiss is not
+        installed, it searches exactly and warns.
     rows : tuple of int, default=None
         ``(start, stop)``: search the neighbours of these points only (a process's shard),
         among all points; None: of every point.
@@ -196,17 +200,29 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
     if x.shape[1] > max_dim:
         x = _project(x, max_dim)
     first, last = (0, n) if rows is None else rows
-    if search_method(n, x.shape[1], x.device, recall, method) == "ivf":
-        return InvertedLists(x, n_neighbors, recall).search(first, last).to(points.device)
+    chosen = search_method(n, x.shape[1], x.device, recall, method)
+    if method == "auto" and chosen == "exact" and _wants_approximate(n, x.shape[1], x.device,
+                                                                      recall):
+        warnings.warn(f"Exact nearest-neighbour search over {n} samples grows like n^2 "
+                      "(hours beyond a million); install the faiss extra (pip install "
+                      "'skselflabel[faiss]') for an approximate search.", UserWarning,
+                      stacklevel=4)
+    if chosen == "ivf":
+        return IVFSearch(x, n_neighbors, recall).search(first, last).to(points.device)
+    return _exact(x, torch.arange(first, last, device=x.device), n_neighbors, batch_size)
+
+
+def _exact(x, queries, n_neighbors, batch_size):
+    """The exact neighbours of the rows ``queries`` of ``x``, ``batch_size`` rows at a
+    time against all points."""
     sq = (x * x).sum(1)
-    out = torch.empty((last - first, n_neighbors), dtype=torch.int64, device=x.device)
-    for start in range(first, last, batch_size):
-        stop = min(start + batch_size, last)
+    out = torch.empty((len(queries), n_neighbors), dtype=torch.int64, device=x.device)
+    for start in range(0, len(queries), batch_size):
+        q = queries[start:start + batch_size]
         # |a-b|^2 = |a|^2 - 2 a.b + |b|^2; |a|^2 is constant per row, so it can be left out.
-        d = sq[None, :] - 2.0 * (x[start:stop] @ x.T)
-        block = torch.arange(stop - start, device=x.device)
-        d[block, block + start] = float("inf")
-        out[start - first:stop - first] = d.topk(n_neighbors, dim=1, largest=False).indices
+        d = sq[None, :] - 2.0 * (x[q] @ x.T)
+        d[torch.arange(len(q), device=x.device), q] = float("inf")
+        out[start:start + len(q)] = d.topk(n_neighbors, dim=1, largest=False).indices
     return out
 
 
@@ -215,57 +231,44 @@ def exact_bytes(n, width):
     return LIVE_BLOCKS * min(BLOCK_ROWS, n) * n * FLOAT32
 
 
-def search_method(n, width, device, recall=NEIGHBOR_RECALL, method="auto"):
-    """``"exact"`` or ``"ivf"``: the search of the graph of ``n`` points of ``width`` values
-    on ``device``. "auto" is exact when ``recall`` is 1, for at most 100,000 points, and on
-    a GPU whenever the exact search's blocks fit in its free memory; else "ivf"."""
-    if method != "auto":
-        return method
+def _faiss():
+    """The faiss module, or None when the ``faiss`` extra is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _wants_approximate(n, width, device, recall):
+    """Whether "auto" searches approximately where faiss is installed: below a recall of
+    1, beyond :data:`EXACT_MAX_SAMPLES` points, and on a GPU only where the exact blocks
+    do not fit."""
     if recall >= 1 or n <= EXACT_MAX_SAMPLES:
-        return "exact"
+        return False
     if torch.device(device).type == "cuda":
         room, _ = available(device)
         if room is not None and exact_bytes(n, width) <= room:
-            return "exact"
-    return "ivf"
+            return False
+    return True
 
 
-def _nearest_centres(x, centres, count):
-    """``(n, count)`` indices of each row's ``count`` nearest centres, nearest first."""
-    sqc = (centres * centres).sum(1)
-    rows = max(1, SCAN_BLOCK_ELEMENTS // centres.shape[0])
-    return torch.cat([(sqc[None, :] - 2.0 * (x[s:s + rows] @ centres.T))
-                      .topk(count, dim=1, largest=False).indices
-                      for s in range(0, x.shape[0], rows)])
+def search_method(n, width, device, recall=NEIGHBOR_RECALL, method="auto"):
+    """``"exact"`` or ``"ivf"``: the search of the graph of ``n`` points of ``width`` values
+    on ``device``. "auto" is exact when ``recall`` is 1, for at most
+    :data:`EXACT_MAX_SAMPLES` points, on a GPU whenever the exact search's blocks fit in
+    its free memory, and without faiss; else "ivf"."""
+    if method != "auto":
+        return method
+    wanted = _wants_approximate(n, width, device, recall)
+    return "ivf" if wanted and _faiss() is not None else "exact"
 
 
-def _kmeans(x, n_lists):
-    """Lloyd's k-means on a seeded sample of ``x``: ``(n_lists, width)`` centres. The sums
-    are differences of a float64 cumulative sum of the rows sorted by centre, which, unlike
-    ``index_add_`` on a GPU, adds in a fixed order: the graph is reproducible."""
-    gen = torch.Generator(x.device).manual_seed(0)
-    pick = torch.randperm(x.shape[0], generator=gen, device=x.device)
-    sample = x[pick[:KMEANS_SAMPLE * n_lists]]
-    centres = sample[:n_lists].clone()
-    for _ in range(KMEANS_ITERATIONS):
-        nearest = _nearest_centres(sample, centres, 1)[:, 0]
-        order = torch.argsort(nearest, stable=True)
-        total = torch.zeros((len(sample) + 1, x.shape[1]), dtype=torch.float64,
-                            device=x.device)
-        torch.cumsum(sample[order].double(), 0, out=total[1:])
-        counts = torch.bincount(nearest, minlength=n_lists)
-        ends = counts.cumsum(0)
-        sums = total[ends] - total[ends - counts]
-        filled = counts > 0
-        centres[filled] = (sums[filled] / counts[filled, None]).float()
-    return centres
-
-
-class InvertedLists:
-    """An approximate k-NN index of the rows of ``x``: k-means lists of about
-    :data:`LIST_SIZE` points, each point filed in the lists of its ``spill`` nearest
-    centres, with ``spill`` the least (at most :data:`MAX_SPILL`) whose recall, estimated
-    on a seeded sample searched exactly, reaches ``recall``.
+class IVFSearch:
+    """An approximate k-NN search of the rows of ``x`` with faiss's ``IndexIVFFlat``:
+    about ``n / LIST_SIZE`` k-means lists, each point searched in its ``nprobe`` nearest
+    lists, ``nprobe`` the least (at most :data:`MAX_NPROBE`) whose recall, estimated on a
+    seeded sample searched exactly, reaches ``recall``.
 
     Parameters
     ----------
@@ -275,90 +278,69 @@ class InvertedLists:
 
     Attributes
     ----------
-    n_lists, spill : int
+    n_lists, nprobe : int
     estimated_recall : float
-        Mean recall of the sample at ``spill``.
+        Mean recall of the sample at ``nprobe``.
     """
 
     def __init__(self, x, n_neighbors, recall=NEIGHBOR_RECALL):
-        self.x, self.n_neighbors = x, n_neighbors
-        self.n_lists = max(1, round(x.shape[0] / LIST_SIZE))
-        self.centres = _kmeans(x, self.n_lists)
-        self.spill, self.estimated_recall = self._spill(recall)
-        if self.spill == MAX_SPILL and self.estimated_recall < recall:
+        faiss = _faiss()
+        if faiss is None:
+            raise ImportError("The approximate neighbour search needs faiss: pip install "
+                              "'skselflabel[faiss]'.")
+        self.data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        self.n_neighbors = n_neighbors
+        n, width = self.data.shape
+        self.n_lists = max(1, round(n / LIST_SIZE))
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, self.n_lists)
+        self.index.cp.seed = KMEANS_SEED
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)      # k-means on several threads depends on timing
+        try:
+            self.index.train(self.data)
+            self.index.add(self.data)
+            self.lists = self.index.quantizer.assign(self.data, 1)[:, 0]
+        finally:
+            faiss.omp_set_num_threads(threads)
+        self.nprobe, self.estimated_recall, reached = self._nprobe(recall)
+        if not reached:
             warnings.warn(f"The approximate nearest-neighbour search reaches an estimated "
-                          f"recall of {self.estimated_recall:.3f}, below neighbor_recall="
-                          f"{recall}; set neighbor_recall=1.0 for an exact search (it grows "
-                          "like n^2).", UserWarning, stacklevel=2)
-        self.lists = _nearest_centres(x, self.centres, self.spill)
+                          f"recall of {self.estimated_recall:.3f} at nprobe={self.nprobe} "
+                          f"(its cap), short of neighbor_recall={recall}; set "
+                          "neighbor_recall=1.0 for an exact search (it grows like n^2).",
+                          UserWarning, stacklevel=2)
+        self.index.nprobe = self.nprobe
 
-    def _sample_neighbors(self, sample):
-        """The exact neighbours of the rows ``sample``, in blocks of columns."""
-        x, k = self.x, self.n_neighbors
-        sq = (x * x).sum(1)
-        cols = max(k + 1, SCAN_BLOCK_ELEMENTS // len(sample))
-        best_d = torch.full((len(sample), 0), float("inf"), device=x.device)
-        best_i = torch.zeros((len(sample), 0), dtype=torch.int64, device=x.device)
-        for s in range(0, x.shape[0], cols):
-            d = sq[None, s:s + cols] - 2.0 * (x[sample] @ x[s:s + cols].T)
-            own = (sample >= s) & (sample < s + cols)
-            d[own.nonzero()[:, 0], sample[own] - s] = float("inf")
-            best_d = torch.cat([best_d, d], 1)
-            best_i = torch.cat([best_i, torch.arange(s, s + d.shape[1], device=x.device)
-                                .expand_as(d)], 1)
-            best_d, pos = best_d.topk(min(k, best_d.shape[1]), dim=1, largest=False)
-            best_i = best_i.gather(1, pos)
-        return best_i
-
-    def _spill(self, recall):
-        """The least spill reaching ``recall`` on the sample, and its mean recall there: a
-        true neighbour j of a sampled point q is found when q's own list is among the
-        ``spill`` lists nearest to j."""
-        x, k = self.x, self.n_neighbors
-        gen = torch.Generator(x.device).manual_seed(1)
-        sample = torch.randperm(x.shape[0], generator=gen, device=x.device)[:RECALL_SAMPLE]
-        true = self._sample_neighbors(sample).flatten()
-        home = _nearest_centres(x[sample], self.centres, 1).repeat_interleave(k, 0)
-        sqc = (self.centres * self.centres).sum(1)
-        ranks, rows = [], max(1, SCAN_BLOCK_ELEMENTS // self.n_lists)
-        for s in range(0, len(true), rows):
-            d = sqc[None, :] - 2.0 * (x[true[s:s + rows]] @ self.centres.T)
-            ranks.append((d < d.gather(1, home[s:s + rows])).sum(1))
-        rank = torch.cat(ranks).view(len(sample), k)
-        for spill in range(1, MAX_SPILL + 1):
-            found = (rank < spill).double().mean(1)
-            error = found.std() / math.sqrt(len(sample)) if len(sample) > 1 else 0.0
-            if found.mean() - RECALL_MARGIN * error >= recall or spill == self.n_lists:
-                break
-        return spill, float(found.mean())
+    def _nprobe(self, recall):
+        """The least nprobe reaching ``recall`` on the sample (else the cap), its mean
+        recall there, and whether it reached ``recall``: a true neighbour j of a sampled
+        point q is found when j's list is among q's ``nprobe`` nearest lists."""
+        n, k = self.data.shape[0], self.n_neighbors
+        x = torch.from_numpy(self.data)
+        gen = torch.Generator().manual_seed(1)
+        sample = torch.randperm(n, generator=gen)[:RECALL_SAMPLE]
+        true = _exact(x, sample, k, max(1, SAMPLE_BLOCK_ELEMENTS // n)).numpy()
+        cap = min(MAX_NPROBE, self.n_lists)
+        _, probed = self.index.quantizer.search(self.data[sample.numpy()], cap)
+        hit = probed[:, None, :] == self.lists[true][:, :, None]
+        rank = np.where(hit.any(2), hit.argmax(2), cap)
+        for nprobe in range(1, cap + 1):
+            found = (rank < nprobe).mean(1)
+            error = found.std() / math.sqrt(len(found)) if len(found) > 1 else 0.0
+            if found.mean() - RECALL_MARGIN * error >= recall or nprobe == self.n_lists:
+                return nprobe, float(found.mean()), True
+        return cap, float(found.mean()), False
 
     def search(self, first, last):
         """``(last - first, n_neighbors)`` approximate neighbours of the points ``[first,
-        last)``, each searched exactly among the points filed in its nearest list."""
-        x, k = self.x, self.n_neighbors
-        n, device = x.shape[0], x.device
-        sq = (x * x).sum(1)
-        flat = self.lists.flatten()
-        filed = torch.argsort(flat, stable=True).div_(self.spill, rounding_mode="floor")
-        ends = torch.bincount(flat, minlength=self.n_lists).cumsum(0).tolist()
-        own = self.lists[first:last, 0]
-        queue = torch.argsort(own, stable=True) + first
-        own_ends = torch.bincount(own, minlength=self.n_lists).cumsum(0).tolist()
-        out = torch.empty((last - first, k + 1), dtype=torch.int64, device=device)
-        for j in range(self.n_lists):
-            queries = queue[(own_ends[j - 1] if j else 0):own_ends[j]]
-            if not len(queries):
-                continue
-            members = filed[(ends[j - 1] if j else 0):ends[j]]
-            if len(members) <= k:       # too few to choose from: search them all
-                members = torch.arange(n, device=device)
-            points, norms = x[members], sq[members]
-            rows = max(1, SCAN_BLOCK_ELEMENTS // len(members))
-            for s in range(0, len(queries), rows):
-                q = queries[s:s + rows]
-                d = norms[None, :] - 2.0 * (x[q] @ points.T)
-                out[q - first] = members[d.topk(k + 1, dim=1, largest=False).indices]
-        return torch.from_numpy(drop_self(out.cpu().numpy(), k, first)).to(device)
+        last)``, searched in the order of their lists."""
+        k = self.n_neighbors
+        order = first + np.argsort(self.lists[first:last], kind="stable")
+        found = np.empty((last - first, k + 1), dtype=np.int64)
+        for start in range(0, len(order), SEARCH_ROWS):
+            rows = order[start:start + SEARCH_ROWS]
+            found[rows - first] = self.index.search(self.data[rows], k + 1)[1]
+        return torch.from_numpy(drop_self(found, k, first))
 
 
 def _project(x, dim):
@@ -465,10 +447,20 @@ def knn_needs(n, d, n_neighbors, recall=NEIGHBOR_RECALL, device="cpu"):
     if search_method(n, width, device, recall) == "exact":
         search = Need("k-NN distance blocks", exact_bytes(n, width), lower)
     else:
-        search = Need("k-NN index", n * (width * FLOAT32 + INDEX_BYTES_PER_POINT)
-                      + LIVE_BLOCKS * SCAN_BLOCK_ELEMENTS * FLOAT32, lower)
+        search = Need("k-NN index", ivf_bytes(n, width, n_neighbors), lower)
     return [search, Need("k-NN points", wide + n * width * FLOAT32, "n_samples"),
             *graph_needs(n, n_neighbors)]
+
+
+def ivf_bytes(n, width, n_neighbors):
+    """:class:`IVFSearch` of ``n`` points of ``width`` values: its copy of the points, their
+    ids and lists, the centroids, a block of queries and their results, and the full
+    results before the point itself is dropped."""
+    lists = max(1, round(n / LIST_SIZE))
+    block = min(n, SEARCH_ROWS)
+    return (n * (width * FLOAT32 + INDEX_BYTES_PER_POINT) + lists * width * FLOAT32
+            + block * (width * FLOAT32 + (n_neighbors + 1) * (FLOAT32 + INT64))
+            + n * (n_neighbors + 1) * INT64)
 
 
 def diffusion_needs(n, k, n_neighbors):

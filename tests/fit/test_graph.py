@@ -1,11 +1,14 @@
 """The neighbour graph: exact k-NN search, the neighbour space, neighbour views, diffusion."""
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
 import skselflabel._fit.graph as graph_module
-from skselflabel._fit.graph import (EXACT_MAX_SAMPLES, InvertedLists, NeighborGraph, knn_needs,
+from skselflabel._fit.graph import (EXACT_MAX_SAMPLES, IVFSearch, NeighborGraph, knn_needs,
                                     nearest_neighbors, neighbor_points, search_method)
 from feeding import feeder_of
 
@@ -120,8 +123,19 @@ def test_probability_diffusion_is_the_walk_of_the_softmax():
     torch.testing.assert_close(out, p.clamp_min(1e-8).log(), rtol=1e-5, atol=1e-5)
 
 
+def _needs_faiss():
+    pytest.importorskip("faiss", reason="faiss (the 'faiss' extra) is not installed")
+
+
+def _without_faiss(monkeypatch):
+    # None in sys.modules makes "import faiss" raise ImportError.
+    monkeypatch.setitem(sys.modules, "faiss", None)
+
+
 @pytest.mark.parametrize("method", ["exact", "ivf"])
 def test_a_process_searches_the_neighbours_of_its_rows_among_all(method, monkeypatch):
+    if method == "ivf":
+        _needs_faiss()
     monkeypatch.setattr(graph_module, "LIST_SIZE", 30)
     points = torch.randn(300, 6, generator=_gen())
     whole = nearest_neighbors(points, 5, batch_size=64, method=method)
@@ -144,10 +158,11 @@ def _recall(found, exact):
 
 
 def test_the_approximate_search_reaches_the_recall_asked_for(monkeypatch):
+    _needs_faiss()
     monkeypatch.setattr(graph_module, "LIST_SIZE", 50)
     x, exact = _blobs(3000)
-    loose, tight = InvertedLists(x, 10, 0.5), InvertedLists(x, 10, 0.97)
-    assert loose.n_lists == 60 and loose.spill < tight.spill
+    loose, tight = IVFSearch(x, 10, 0.5), IVFSearch(x, 10, 0.97)
+    assert loose.n_lists == 60 and loose.nprobe < tight.nprobe
     for index in (loose, tight):
         found = index.search(0, 3000)
         assert not (found == torch.arange(3000)[:, None]).any()
@@ -159,15 +174,17 @@ def test_the_approximate_search_reaches_the_recall_asked_for(monkeypatch):
 
 
 def test_a_recall_out_of_reach_warns(monkeypatch):
+    _needs_faiss()
     monkeypatch.setattr(graph_module, "LIST_SIZE", 50)
-    monkeypatch.setattr(graph_module, "MAX_SPILL", 1)
+    monkeypatch.setattr(graph_module, "MAX_NPROBE", 1)
     x = torch.rand(2000, 32, generator=_gen())        # no structure: lists cut neighbours off
-    with pytest.warns(UserWarning, match="below neighbor_recall=0.99"):
-        index = InvertedLists(x, 10, 0.99)
-    assert index.spill == 1 and index.estimated_recall < 0.99
+    with pytest.warns(UserWarning, match="short of neighbor_recall=0.99"):
+        index = IVFSearch(x, 10, 0.99)
+    assert index.nprobe == 1 and index.estimated_recall < 0.99
 
 
 def test_search_method_and_its_memory(monkeypatch):
+    _needs_faiss()
     big = EXACT_MAX_SAMPLES + 1
     assert search_method(EXACT_MAX_SAMPLES, 64, "cpu") == "exact"
     assert search_method(big, 64, "cpu") == "ivf"
@@ -184,3 +201,22 @@ def test_search_method_and_its_memory(monkeypatch):
         assert ("k-NN index" in needs) == (expected == "ivf")
     index = {need.what: need.nbytes for need in knn_needs(big, 64, 10)}["k-NN index"]
     assert big * 64 * 4 < index < blocks
+
+
+def test_without_faiss_the_search_stays_exact_and_says_so(monkeypatch):
+    _without_faiss(monkeypatch)
+    monkeypatch.setattr(graph_module, "EXACT_MAX_SAMPLES", 200)
+    points = torch.randn(300, 6, generator=_gen())
+    assert search_method(300, 6, "cpu") == "exact"
+    needs = {need.what for need in knn_needs(300, 6, 5)}
+    assert "k-NN distance blocks" in needs and "k-NN index" not in needs
+    with pytest.warns(UserWarning, match=r"skselflabel\[faiss\]"):
+        found = nearest_neighbors(points, 5)
+    assert torch.equal(found, nearest_neighbors(points, 5, method="exact"))
+    # Below the threshold, or asked to be exact, there is nothing to say.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nearest_neighbors(points[:200], 5)
+        nearest_neighbors(points, 5, recall=1.0)
+    with pytest.raises(ImportError, match="faiss"):
+        nearest_neighbors(points, 5, method="ivf")
