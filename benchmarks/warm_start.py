@@ -5,7 +5,7 @@ Fits ``SelfLabelClusterer(n_clusters=3000, n_init=1, max_epochs=4, random_state=
 first 20,000 Fashion-MNIST training images, on one torch thread, and keeps a copy of the
 first head's logits at every self-label step (with what the step passed: equal sizes or
 not, the early size tolerance). Then, in the same process, it solves each captured step
-twice with the estimator's default assigner (lam 10, tol 1e-2, size tolerance 0.5,
+twice with the estimator's default assigner (its lam, tol and size tolerance are recorded;
 ``copy=False`` as in a fit): cold (``init_log_v=None``: the solver's own start, a
 subsample warm-up with annealing) and warm (``init_log_v`` = ``log_v`` of the previous
 step's warm solve, as a fit now does). Per step it records iterations, seconds (median

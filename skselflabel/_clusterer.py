@@ -14,6 +14,7 @@ from ._fit.config import DefaultAssignerParams
 from ._fit.events import CallbackSupportMixin
 from ._fit.exemplars import check_ranking, exemplars
 from ._fit.fit import fit_model
+from ._fit.graph import NEIGHBOR_RECALL
 from ._fit.inference import (first_head_labels, first_head_logits, graph_agreement,
                              prediction_needs, representation_needs, represent)
 from ._fit.state import FITTED, FittedModelMixin, alias_moved_modules
@@ -87,8 +88,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``assigner__prior`` (grid searches), is used as given.
 
     max_epochs : int or "auto", default="auto"
-        Passes over the training data; "auto" aims at about 600 gradient steps, within
-        10 to 100 epochs.
+        Passes over the data; "auto" aims at about 600 gradient steps, in 10 to 100 epochs.
 
     n_label_updates : int or "auto", default="auto"
         Self-label steps over the run (plus a final one). "auto": 100 (the paper's count)
@@ -120,6 +120,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         "gradients" for images of at least 16 x 16 pixels, else "input". A callable maps
         a batch of prepared float32 samples to an ``(batch, m)`` embedding; an array is
         an ``(n_samples, m)`` embedding of the training samples (from a pretrained model).
+
+    neighbor_recall : float in (0, 1], default=0.95
+        Share of true neighbours that faiss's approximate search (the ``faiss`` extra)
+        must find beyond 100,000 samples; 1.0 searches every pair, in time :math:`O(n^2)`.
 
     neighbor_prob : float in [0, 1] or "auto", default="auto"
         Chance that a training input is replaced by a random neighbour; "auto" is 1.0 for
@@ -268,6 +272,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "n_neighbors": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "neighbor_recall": [Interval(Real, 0, 1, closed="right")],
         "neighbor_prob": [Interval(Real, 0, 1, closed="both"), StrOptions({"auto"})],
         "neighbor_features": [StrOptions({"auto", "input", "gradients"}), callable,
                               "array-like"],
@@ -285,13 +290,12 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     }
 
     def __init__(self, n_clusters=10, *, n_init="auto", n_heads=1, backbone="auto",
-                 assigner=None,
-                 max_epochs="auto", n_label_updates="auto", batch_size="auto",
+                 assigner=None, max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
-                 n_neighbors="auto", neighbor_features="auto", neighbor_prob="auto",
-                 diffusion_steps="auto", augment="auto", whiten=False, device="auto",
-                 num_workers=0, n_jobs=None, random_state=None, verbose=0, warm_start=False,
-                 checkpoint=None, sync_batch_norm=True):
+                 n_neighbors="auto", neighbor_features="auto", neighbor_recall=NEIGHBOR_RECALL,
+                 neighbor_prob="auto", diffusion_steps="auto", augment="auto", whiten=False,
+                 device="auto", num_workers=0, n_jobs=None, random_state=None, verbose=0,
+                 warm_start=False, checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.n_heads = n_heads
@@ -306,6 +310,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         self.weight_decay = weight_decay
         self.n_neighbors = n_neighbors
         self.neighbor_features = neighbor_features
+        self.neighbor_recall = neighbor_recall
         self.neighbor_prob = neighbor_prob
         self.diffusion_steps = diffusion_steps
         self.augment = augment
@@ -439,8 +444,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         score : float
             In [0, 1].
         """
-        return graph_agreement(self._fitted_network(), self._inference_input(X),
-                               self.n_clusters, self.neighbor_features)
+        return graph_agreement(self._fitted_network(), self._inference_input(X), self.n_clusters,
+                               self.neighbor_features, self.neighbor_recall)
 
     @uses_n_jobs
     @reports_memory_failures

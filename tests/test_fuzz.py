@@ -196,6 +196,7 @@ estimator_params = st.fixed_dictionaries({}, optional={
     "n_neighbors": mostly(st.one_of(st.integers(0, 30), st.just("auto")), st.just(-1)),
     "diffusion_steps": mostly(st.one_of(st.integers(0, 3), st.just("auto")), st.just(-1)),
     "neighbor_prob": mostly(st.one_of(st.floats(0, 1), st.just("auto")), st.just(1.5)),
+    "neighbor_recall": mostly(st.floats(0.5, 1.0), st.sampled_from([0.0, -0.1, 1.5, "x"])),
     "backbone": mostly(st.sampled_from(["auto", "mlp", "cnn"]), st.just("resnet")),
     "device": mostly(st.sampled_from(["cpu", "auto"]),
                      st.sampled_from(["meta", "mps", "cuda:3", "tpu"])),
@@ -264,6 +265,7 @@ def valid_fits(draw):
         "n_neighbors": draw(st.one_of(st.just("auto"), st.integers(0, 12))),
         "diffusion_steps": draw(st.one_of(st.just("auto"), st.integers(0, 3))),
         "neighbor_prob": draw(st.one_of(st.just("auto"), st.floats(0, 1))),
+        "neighbor_recall": draw(st.floats(0.01, 1.0)),
         "backbone": draw(st.sampled_from(["auto", "cnn"] if kind != "table" else
                                          ["auto", "mlp"])),
     }

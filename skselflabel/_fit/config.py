@@ -10,6 +10,7 @@ from .._data.augment import resolve_augment
 from .._data.input_scaling import resolve_whiten
 from .._solver.checks import check_prior
 from .assigner_protocol import check_assigner
+from .graph import NEIGHBOR_RECALL
 
 # Batch: 128 samples, but at least this many steps per epoch on small data sets (so that
 # the schedule and the neighbour views get enough steps), and never below 16 samples
@@ -91,6 +92,7 @@ class FitConfig:
     n_neighbors: int
     neighbor_prob: float
     neighbor_features: object    # "input", "gradients", a callable or an embedding
+    neighbor_recall: float       # recall asked of the approximate k-NN search (1: exact)
     diffusion_steps: int
     augment: object              # f(batch, generator) -> batch, or None
     # The run.
@@ -247,4 +249,5 @@ def _graph(params, n_samples, sample_shape):
     if isinstance(features, str) and features == "auto":
         features = auto_neighbor_features(sample_shape)
     return dict(n_neighbors=n_neighbors, neighbor_prob=neighbor_prob,
-                neighbor_features=features, diffusion_steps=diffusion_steps)
+                neighbor_features=features, diffusion_steps=diffusion_steps,
+                neighbor_recall=float(params.get("neighbor_recall", NEIGHBOR_RECALL)))

@@ -22,7 +22,7 @@ from .agreement import check_agreement
 from .backbones import build_network
 from .config import AUTO_NEIGHBORS, FitConfig, resolve_config
 from .events import HistoryRecorder, empty_history, fit_events, trial_events
-from .graph import NeighborGraph, knn_needs, neighbor_width
+from .graph import NEIGHBOR_RECALL, NeighborGraph, knn_needs, neighbor_width
 from .inference import first_head_labels
 from .labelling import NonFiniteOutput, SelfLabeller, label_step_needs
 from .resume import FitCheckpoint, open_checkpoint
@@ -149,9 +149,10 @@ def _train(run, events):
             with memory_step("building the neighbour graph", lambda: knn_needs(
                     run.data.n_samples, neighbor_width(config.neighbor_features,
                                                        run.data.sample_shape),
-                    config.n_neighbors)):
+                    config.n_neighbors, config.neighbor_recall, run.feeder.index_device)):
                 graph = NeighborGraph.build(run.feeder, config.neighbor_features,
-                                            config.n_neighbors, run.team)
+                                            config.n_neighbors, run.team,
+                                            config.neighbor_recall)
         trainer, start_scores, outcome = (_best_start(run, graph, events) if run.n_starts > 1
                                           else (_trainer(run, graph, events), None, None))
         if run.checkpoint is not None:
@@ -207,7 +208,8 @@ def _judge(run, graph):
         return graph
     with memory_step("building the neighbour graph that compares the starts"):
         return NeighborGraph.build(run.feeder, run.config.neighbor_features,
-                                   min(AUTO_NEIGHBORS, run.config.n_samples - 1), run.team)
+                                   min(AUTO_NEIGHBORS, run.config.n_samples - 1), run.team,
+                                   run.config.neighbor_recall)
 
 
 def _trainer(run, graph, events):
@@ -300,7 +302,8 @@ def initial_labels(heads, n_samples, generator, device):
                         for head in heads]).to(device)
 
 
-def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps):
+def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps,
+               search=("cpu", NEIGHBOR_RECALL)):
     """The phases of a fit, each a list of :class:`Need` alive at once: building the
     neighbour graph, then the self-label steps. The data are read where they are, batch
     by batch: no copy of them is counted.
@@ -315,11 +318,14 @@ def fit_phases(n, d, n_clusters, n_heads, width, n_neighbors, diffusion_steps):
         Width of the backbone's output (the heads' input).
     n_neighbors, diffusion_steps : int
         Resolved graph settings (0 neighbours: no graph, no diffusion).
+    search : tuple, default=("cpu", 0.95)
+        ``(device, neighbor_recall)``: where the graph is searched (exactly on a GPU where
+        its blocks fit) and the recall asked of the approximate search.
     """
     resident = [Need("self-labels", n_heads * n * INT64, "n_heads")]
     phases = []
     if n_neighbors > 0:
-        phases.append(resident + knn_needs(n, d, n_neighbors))
+        phases.append(resident + knn_needs(n, d, n_neighbors, search[1], search[0]))
     phases.append(resident + label_step_needs(n, n_clusters, width, n_neighbors,
                                               diffusion_steps))
     return phases
@@ -330,7 +336,8 @@ def check_fit_memory(config, data, network):
     run before the large allocations."""
     d = neighbor_width(config.neighbor_features, data.sample_shape)
     plan(fit_phases(data.n_samples, d, config.n_clusters, config.n_heads,
-                    network.head_width, config.n_neighbors, config.diffusion_steps),
+                    network.head_width, config.n_neighbors, config.diffusion_steps,
+                    (config.device, config.neighbor_recall)),
          config.device, "SelfLabelClusterer.fit")
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .._data.descriptors import gradient_histograms
 from .._runtime.interrupt import check_interrupt
-from .._runtime.memory import FLOAT32, INT64, Need
+from .._runtime.memory import FLOAT32, INT64, Need, available
 from .._runtime.processes import SOLO
 from ..metrics import drop_self, neighbor_agreement
 
@@ -19,18 +19,31 @@ DIFFUSION_CHUNK_ELEMENTS = 2**24
 # when the wide points take at most IN_MEMORY_BYTES, else in two streamed passes.
 MAX_DIM = 64
 IN_MEMORY_BYTES = 1 << 28
-# Exact search (O(N^2)) up to this many samples, BLOCK_ROWS rows of the distance matrix at
-# a time (LIVE_BLOCKS alive at once: the product, its double, the previous block); an
-# approximate index beyond.
+# Exact search (O(N^2)) up to this many samples on a CPU, and on a GPU wherever its blocks
+# fit in free device memory: BLOCK_ROWS rows of the distance matrix at a time (LIVE_BLOCKS
+# alive at once: the product, its double, the previous block). An approximate search beyond.
 EXACT_MAX_SAMPLES = 100_000
 BLOCK_ROWS = 2048
 LIVE_BLOCKS = 3
-# faiss HNSW index: links per node, and the search depth at construction and query
-# (benchmarks/scale.py measures their recall against exact search). Besides the points
-# the index holds about INDEX_BYTES_PER_POINT per point: its links (twice HNSW_LINKS int32
-# ids) and their bookkeeping.
-HNSW_LINKS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 40, 48
-INDEX_BYTES_PER_POINT = 2 * HNSW_LINKS * 4 + 64
+# The approximate search (faiss's IndexIVFFlat, the `faiss` extra; the user guide's "The
+# neighbour graph at scale"): k-means, seeded with KMEANS_SEED on one thread so that the
+# graph is reproducible, cuts the points into lists of about LIST_SIZE; each point is
+# searched among the points of its `nprobe` nearest lists, nprobe the least, at most
+# MAX_NPROBE, whose recall on RECALL_SAMPLE points searched exactly, less RECALL_MARGIN
+# standard errors, reaches the asked-for recall.
+LIST_SIZE = 1000
+KMEANS_SEED = 0
+MAX_NPROBE = 64
+RECALL_SAMPLE, RECALL_MARGIN = 1000, 2.0
+# The recall asked for by default (the estimator's ``neighbor_recall``).
+NEIGHBOR_RECALL = 0.95
+# Queries per faiss search, taken in the order of their lists (neighbouring queries scan
+# the same lists, which keeps them in cache), and per exact block of the recall sample.
+SEARCH_ROWS = 1 << 16
+SAMPLE_BLOCK_ELEMENTS = 1 << 24
+# Besides its copy of the points, the index holds an int64 id per point and a centroid per
+# list; each point's list (int64) orders the queries.
+INDEX_BYTES_PER_POINT = 2 * INT64
 
 
 def _embedder(features):
@@ -139,7 +152,7 @@ def _principal_axes(embed, feeder, dim, team=SOLO):
 
 
 def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DIM,
-                      method="auto", rows=None):
+                      method="auto", rows=None, recall=NEIGHBOR_RECALL):
     """Indices of each point's ``n_neighbors`` nearest other points (Euclidean).
 
     Parameters
@@ -149,19 +162,23 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
     n_neighbors : int
         Neighbours per point, ``1 <= n_neighbors < n_samples``.
     batch_size : int, default=2048
-        Rows of the distance matrix computed at once (memory ``batch_size * n_samples``).
+        Rows of the exact distance matrix computed at once (memory ``batch_size *
+        n_samples``).
     max_dim : int, default=64
         Vectors wider than this are first projected on their top ``max_dim`` principal
         axes (exact eigendecomposition of the covariance: deterministic, no RNG), which
         keeps the search cheap for images.
-    method : {"auto", "exact", "faiss"}, default="auto"
-        "exact" compares every pair, in blocks of ``batch_size`` rows; "faiss" uses an
-        approximate HNSW index (faiss-cpu, the ``faiss`` extra), growing like N log N.
-        "auto" is exact up to 100,000 points and faiss beyond (exact, with a warning,
-        when faiss is not installed).
+    method : {"auto", "exact", "ivf"}, default="auto"
+        "exact" compares every pair, in blocks of ``batch_size`` rows; "ivf" searches each
+        point among the points of its nearest k-means lists, as many as ``recall`` needs
+        (:class:`IVFSearch`, faiss: the ``faiss`` extra). "auto": see
+        :func:`search_method`; where it would search approximately but faiss is not
+        installed, it searches exactly and warns.
     rows : tuple of int, default=None
         ``(start, stop)``: search the neighbours of these points only (a process's shard),
         among all points; None: of every point.
+    recall : float in (0, 1], default=0.95
+        The share of the true neighbours the approximate search is to find (1: exact).
 
     Returns
     -------
@@ -183,54 +200,147 @@ def nearest_neighbors(points, n_neighbors, batch_size=BLOCK_ROWS, max_dim=MAX_DI
     if x.shape[1] > max_dim:
         x = _project(x, max_dim)
     first, last = (0, n) if rows is None else rows
-    if _choose_method(method, n) == "faiss":
-        return _faiss_neighbors(x, n_neighbors, first, last).to(points.device)
-    sq = (x * x).sum(1)
-    out = torch.empty((last - first, n_neighbors), dtype=torch.int64, device=x.device)
-    for start in range(first, last, batch_size):
-        stop = min(start + batch_size, last)
-        # |a-b|^2 = |a|^2 - 2 a.b + |b|^2; |a|^2 is constant per row, so it can be left out.
-        d = sq[None, :] - 2.0 * (x[start:stop] @ x.T)
-        block = torch.arange(stop - start, device=x.device)
-        d[block, block + start] = float("inf")
-        out[start - first:stop - first] = d.topk(n_neighbors, dim=1, largest=False).indices
-    return out
-
-
-def _choose_method(method, n):
-    if method != "auto":
-        return method
-    if n <= EXACT_MAX_SAMPLES:
-        return "exact"
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
+    chosen = search_method(n, x.shape[1], x.device, recall, method)
+    if method == "auto" and chosen == "exact" and _wants_approximate(n, x.shape[1], x.device,
+                                                                      recall):
         warnings.warn(f"Exact nearest-neighbour search over {n} samples grows like n^2 "
                       "(hours beyond a million); install the faiss extra (pip install "
                       "'skselflabel[faiss]') for an approximate search.", UserWarning,
                       stacklevel=4)
-        return "exact"
-    return "faiss"
+    if chosen == "ivf":
+        return IVFSearch(x, n_neighbors, recall).search(first, last).to(points.device)
+    return _exact(x, torch.arange(first, last, device=x.device), n_neighbors, batch_size)
 
 
-def _faiss_neighbors(x, n_neighbors, start, stop):
-    """Approximate k-NN of the points ``[start, stop)`` among all, with a faiss HNSW index
-    of all points built on one thread, so that the graph, and with it the fit, is
-    reproducible (a parallel build depends on thread timing)."""
-    import faiss
+def _exact(x, queries, n_neighbors, batch_size):
+    """The exact neighbours of the rows ``queries`` of ``x``, ``batch_size`` rows at a
+    time against all points."""
+    sq = (x * x).sum(1)
+    out = torch.empty((len(queries), n_neighbors), dtype=torch.int64, device=x.device)
+    for start in range(0, len(queries), batch_size):
+        q = queries[start:start + batch_size]
+        # |a-b|^2 = |a|^2 - 2 a.b + |b|^2; |a|^2 is constant per row, so it can be left out.
+        d = sq[None, :] - 2.0 * (x[q] @ x.T)
+        d[torch.arange(len(q), device=x.device), q] = float("inf")
+        out[start:start + len(q)] = d.topk(n_neighbors, dim=1, largest=False).indices
+    return out
 
-    data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    index = faiss.IndexHNSWFlat(data.shape[1], HNSW_LINKS)
-    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+
+def exact_bytes(n, width):
+    """The distance blocks of the exact search over ``n`` points of ``width`` values."""
+    return LIVE_BLOCKS * min(BLOCK_ROWS, n) * n * FLOAT32
+
+
+def _faiss():
+    """The faiss module, or None when the ``faiss`` extra is not installed."""
     try:
-        index.add(data)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    index.hnsw.efSearch = max(HNSW_EF_SEARCH, n_neighbors + 1)
-    _, found = index.search(data[start:stop], n_neighbors + 1)
-    return torch.from_numpy(drop_self(found, n_neighbors, start))
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _wants_approximate(n, width, device, recall):
+    """Whether "auto" searches approximately where faiss is installed: below a recall of
+    1, beyond :data:`EXACT_MAX_SAMPLES` points, and on a GPU only where the exact blocks
+    do not fit."""
+    if recall >= 1 or n <= EXACT_MAX_SAMPLES:
+        return False
+    if torch.device(device).type == "cuda":
+        room, _ = available(device)
+        if room is not None and exact_bytes(n, width) <= room:
+            return False
+    return True
+
+
+def search_method(n, width, device, recall=NEIGHBOR_RECALL, method="auto"):
+    """``"exact"`` or ``"ivf"``: the search of the graph of ``n`` points of ``width`` values
+    on ``device``. "auto" is exact when ``recall`` is 1, for at most
+    :data:`EXACT_MAX_SAMPLES` points, on a GPU whenever the exact search's blocks fit in
+    its free memory, and without faiss; else "ivf"."""
+    if method != "auto":
+        return method
+    wanted = _wants_approximate(n, width, device, recall)
+    return "ivf" if wanted and _faiss() is not None else "exact"
+
+
+class IVFSearch:
+    """An approximate k-NN search of the rows of ``x`` with faiss's ``IndexIVFFlat``:
+    about ``n / LIST_SIZE`` k-means lists, each point searched in its ``nprobe`` nearest
+    lists, ``nprobe`` the least (at most :data:`MAX_NPROBE`) whose recall, estimated on a
+    seeded sample searched exactly, reaches ``recall``.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n_samples, width), float32
+    n_neighbors : int
+    recall : float in (0, 1)
+
+    Attributes
+    ----------
+    n_lists, nprobe : int
+    estimated_recall : float
+        Mean recall of the sample at ``nprobe``.
+    """
+
+    def __init__(self, x, n_neighbors, recall=NEIGHBOR_RECALL):
+        faiss = _faiss()
+        if faiss is None:
+            raise ImportError("The approximate neighbour search needs faiss: pip install "
+                              "'skselflabel[faiss]'.")
+        self.data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        self.n_neighbors = n_neighbors
+        n, width = self.data.shape
+        self.n_lists = max(1, round(n / LIST_SIZE))
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, self.n_lists)
+        self.index.cp.seed = KMEANS_SEED
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)      # k-means on several threads depends on timing
+        try:
+            self.index.train(self.data)
+            self.index.add(self.data)
+            self.lists = self.index.quantizer.assign(self.data, 1)[:, 0]
+        finally:
+            faiss.omp_set_num_threads(threads)
+        self.nprobe, self.estimated_recall, reached = self._nprobe(recall)
+        if not reached:
+            warnings.warn(f"The approximate nearest-neighbour search reaches an estimated "
+                          f"recall of {self.estimated_recall:.3f} at nprobe={self.nprobe} "
+                          f"(its cap), short of neighbor_recall={recall}; set "
+                          "neighbor_recall=1.0 for an exact search (it grows like n^2).",
+                          UserWarning, stacklevel=2)
+        self.index.nprobe = self.nprobe
+
+    def _nprobe(self, recall):
+        """The least nprobe reaching ``recall`` on the sample (else the cap), its mean
+        recall there, and whether it reached ``recall``: a true neighbour j of a sampled
+        point q is found when j's list is among q's ``nprobe`` nearest lists."""
+        n, k = self.data.shape[0], self.n_neighbors
+        x = torch.from_numpy(self.data)
+        gen = torch.Generator().manual_seed(1)
+        sample = torch.randperm(n, generator=gen)[:RECALL_SAMPLE]
+        true = _exact(x, sample, k, max(1, SAMPLE_BLOCK_ELEMENTS // n)).numpy()
+        cap = min(MAX_NPROBE, self.n_lists)
+        _, probed = self.index.quantizer.search(self.data[sample.numpy()], cap)
+        hit = probed[:, None, :] == self.lists[true][:, :, None]
+        rank = np.where(hit.any(2), hit.argmax(2), cap)
+        for nprobe in range(1, cap + 1):
+            found = (rank < nprobe).mean(1)
+            error = found.std() / math.sqrt(len(found)) if len(found) > 1 else 0.0
+            if found.mean() - RECALL_MARGIN * error >= recall or nprobe == self.n_lists:
+                return nprobe, float(found.mean()), True
+        return cap, float(found.mean()), False
+
+    def search(self, first, last):
+        """``(last - first, n_neighbors)`` approximate neighbours of the points ``[first,
+        last)``, searched in the order of their lists."""
+        k = self.n_neighbors
+        order = first + np.argsort(self.lists[first:last], kind="stable")
+        found = np.empty((last - first, k + 1), dtype=np.int64)
+        for start in range(0, len(order), SEARCH_ROWS):
+            rows = order[start:start + SEARCH_ROWS]
+            found[rows - first] = self.index.search(self.data[rows], k + 1)[1]
+        return torch.from_numpy(drop_self(found, k, first))
 
 
 def _project(x, dim):
@@ -254,15 +364,16 @@ class NeighborGraph:
         self.indices = indices
 
     @classmethod
-    def build(cls, feeder, features, n_neighbors, team=SOLO):
+    def build(cls, feeder, features, n_neighbors, team=SOLO, recall=NEIGHBOR_RECALL):
         """The graph of the feeder's samples in the space ``features`` (see
-        :func:`neighbor_points`), on the feeder's index device; with several processes in
-        ``team``, each searches the neighbours of its shard and the results are gathered."""
+        :func:`neighbor_points`), on the feeder's index device, searched to ``recall`` (see
+        :func:`nearest_neighbors`); with several processes in ``team``, each searches the
+        neighbours of its shard and the results are gathered."""
         points = neighbor_points(feeder, features, team=team)
         if team.world == 1:
-            return cls(nearest_neighbors(points, n_neighbors))
+            return cls(nearest_neighbors(points, n_neighbors, recall=recall))
         start, stop = team.shard(feeder.n_samples)
-        local = nearest_neighbors(points, n_neighbors, rows=(start, stop))
+        local = nearest_neighbors(points, n_neighbors, rows=(start, stop), recall=recall)
         return cls(team.gather_rows(local, feeder.n_samples))
 
     def agreement(self, labels, n_clusters):
@@ -326,20 +437,30 @@ def graph_needs(n, n_neighbors):
     return [Need("neighbour indices", n * n_neighbors * INT64, "n_neighbors")]
 
 
-def knn_needs(n, d, n_neighbors):
-    """Building the graph of ``n`` points of width ``d``: the search (exact distance blocks,
-    or an approximate index), the points (and the wide ones while they are projected in
-    memory), and the graph."""
+def knn_needs(n, d, n_neighbors, recall=NEIGHBOR_RECALL, device="cpu"):
+    """Building the graph of ``n`` points of width ``d`` on ``device``: the search (exact
+    distance blocks, or the approximate index, as :func:`search_method` chooses), the
+    points (and the wide ones while they are projected in memory), and the graph."""
     width = min(d, MAX_DIM)
     wide = n * d * FLOAT32 if MAX_DIM < d and n * d * FLOAT32 <= IN_MEMORY_BYTES else 0
-    if n <= EXACT_MAX_SAMPLES:
-        search = Need("k-NN distance blocks", LIVE_BLOCKS * min(BLOCK_ROWS, n) * n * FLOAT32,
-                      "n_samples, or n_neighbors=0 (no graph)")
+    lower = "n_samples, or n_neighbors=0 (no graph)"
+    if search_method(n, width, device, recall) == "exact":
+        search = Need("k-NN distance blocks", exact_bytes(n, width), lower)
     else:
-        search = Need("k-NN index", n * (width * FLOAT32 + INDEX_BYTES_PER_POINT),
-                      "n_samples, or n_neighbors=0 (no graph)")
+        search = Need("k-NN index", ivf_bytes(n, width, n_neighbors), lower)
     return [search, Need("k-NN points", wide + n * width * FLOAT32, "n_samples"),
             *graph_needs(n, n_neighbors)]
+
+
+def ivf_bytes(n, width, n_neighbors):
+    """:class:`IVFSearch` of ``n`` points of ``width`` values: its copy of the points, their
+    ids and lists, the centroids, a block of queries and their results, and the full
+    results before the point itself is dropped."""
+    lists = max(1, round(n / LIST_SIZE))
+    block = min(n, SEARCH_ROWS)
+    return (n * (width * FLOAT32 + INDEX_BYTES_PER_POINT) + lists * width * FLOAT32
+            + block * (width * FLOAT32 + (n_neighbors + 1) * (FLOAT32 + INT64))
+            + n * (n_neighbors + 1) * INT64)
 
 
 def diffusion_needs(n, k, n_neighbors):

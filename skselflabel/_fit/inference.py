@@ -7,7 +7,7 @@ from .._runtime.allocation import memory_step, plan
 from .._runtime.memory import FLOAT32, INT64, Need
 from .._runtime.processes import SOLO
 from .config import AUTO_NEIGHBORS, auto_neighbor_features
-from .graph import NeighborGraph, knn_needs, neighbor_width
+from .graph import NEIGHBOR_RECALL, NeighborGraph, knn_needs, neighbor_width
 
 INFERENCE_BATCH = 256
 
@@ -131,10 +131,11 @@ def representation_needs(n, width):
     return [Need("representation", n * width * FLOAT32, "n_samples (transform X in parts)")]
 
 
-def graph_agreement(network, feeder, n_clusters, features):
+def graph_agreement(network, feeder, n_clusters, features, recall=NEIGHBOR_RECALL):
     """:func:`~skselflabel.metrics.neighbor_agreement` of the first head's labels of the
     feeder's samples on their k-NN graph in the space ``features`` (a callable, else the
-    data's own space: see :func:`~skselflabel._fit.config.auto_neighbor_features`)."""
+    data's own space: see :func:`~skselflabel._fit.config.auto_neighbor_features`),
+    searched to ``recall``."""
     if not callable(features):
         features = auto_neighbor_features(network.sample_shape)
     n = feeder.n_samples
@@ -142,10 +143,10 @@ def graph_agreement(network, feeder, n_clusters, features):
         raise ValueError(f"score needs at least 2 samples (it compares each sample with its "
                          f"nearest neighbours); got {n}.")
     n_neighbors = min(AUTO_NEIGHBORS, n - 1)
-    plan([knn_needs(n, neighbor_width(features, network.sample_shape), n_neighbors)],
-         feeder.device, "SelfLabelClusterer.score")
+    plan([knn_needs(n, neighbor_width(features, network.sample_shape), n_neighbors, recall,
+                    feeder.index_device)], feeder.device, "SelfLabelClusterer.score")
     with memory_step("building the neighbour graph"):
-        graph = NeighborGraph.build(feeder, features, n_neighbors)
+        graph = NeighborGraph.build(feeder, features, n_neighbors, recall=recall)
     with memory_step("labelling the samples"):
         labels = first_head_labels(network, feeder)
     return graph.agreement(labels, n_clusters)

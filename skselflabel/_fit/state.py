@@ -3,6 +3,7 @@ once, how they pickle (versioned, modules on the CPU) and how they load."""
 import copy
 from dataclasses import dataclass
 import importlib
+import inspect
 import sys
 
 import numpy as np
@@ -107,6 +108,7 @@ class FittedModelMixin:
 
     def __setstate__(self, state):
         super().__setstate__(checked_state(state))
+        add_new_parameters(self)
         place_modules(self)
 
     def _inference_input(self, X, needs=None):
@@ -126,6 +128,14 @@ class FittedModelMixin:
         return FittedNetwork(self.backbone_, self.heads_, self._head_width,
                              self._n_features_out, self._scaling, self.history_,
                              self._sample_shape)
+
+
+def add_new_parameters(estimator):
+    """Give an unpickled estimator the constructor parameters added since it was pickled,
+    at their defaults (a pickle of the same state format may predate a parameter)."""
+    for name, param in inspect.signature(type(estimator).__init__).parameters.items():
+        if param.default is not param.empty and name not in vars(estimator):
+            setattr(estimator, name, param.default)
 
 
 def place_modules(estimator):

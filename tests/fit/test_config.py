@@ -82,3 +82,12 @@ def test_processes_share_each_batch_and_each_needs_two_samples():
 def test_starts_and_their_trials(max_epochs, n_init, expected):
     config = resolve_config(_params(max_epochs=max_epochs, n_init=n_init), 1000, (4,))
     assert (config.n_init, config.trial_epochs) == expected
+
+
+def test_the_recall_asked_of_the_graph_search_is_carried_and_checked():
+    import numpy as np
+
+    assert resolve_config(_params(), 1000, (4,)).neighbor_recall == 0.95
+    assert resolve_config(_params(neighbor_recall=0.8), 1000, (4,)).neighbor_recall == 0.8
+    with pytest.raises(ValueError, match="neighbor_recall"):
+        SelfLabelClusterer(neighbor_recall=0.0).fit(np.zeros((10, 2)))

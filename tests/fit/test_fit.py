@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from skselflabel import SelfLabelClusterer
+from skselflabel._fit import graph
 from skselflabel._fit.config import default_assigner
 from skselflabel._fit.fit import fit_phases
 from skselflabel._runtime.memory import ENV, peak
@@ -11,7 +12,9 @@ from skselflabel._solver import sinkhorn
 from skselflabel._solver.sinkhorn import solver_needs
 
 
-def test_estimates_follow_the_sizes():
+def test_estimates_follow_the_sizes(monkeypatch):
+    # The estimate of faiss's index needs no faiss: the search is chosen as if installed.
+    monkeypatch.setattr(graph, "_faiss", lambda: graph)
     # The case: 200,000 x 64 inputs, 3,000 clusters, 10 heads, the default graph.
     phases = fit_phases(200_000, 64, 3000, 10, width=128, n_neighbors=10, diffusion_steps=40)
     total, needs = peak(phases)
@@ -20,9 +23,12 @@ def test_estimates_follow_the_sizes():
     # More clusters than features: the walk runs on the 128 features, not the logits.
     assert parts["diffusion scratch"] == 200_000 * 128 * 4
     knn = {need.what: need.nbytes for need in phases[0]}
-    assert knn["k-NN index"] == 200_000 * (64 * 4 + 192)              # beyond 100,000 rows
-    small = {need.what: need.nbytes for need in fit_phases(50_000, 64, 3000, 1, 128, 10, 5)[0]}
-    assert small["k-NN distance blocks"] == 3 * 2048 * 50_000 * 4
+    # Beyond 20,000 rows, faiss's IVF index: a copy of the points, an id and a list per
+    # point, 200 centroids, a block of 65,536 queries and their 11 results, all results.
+    assert knn["k-NN index"] == (200_000 * (64 * 4 + 2 * 8) + 200 * 64 * 4
+                                 + 2**16 * (64 * 4 + 11 * (4 + 8)) + 200_000 * 11 * 8)
+    small = {need.what: need.nbytes for need in fit_phases(20_000, 64, 3000, 1, 128, 10, 5)[0]}
+    assert small["k-NN distance blocks"] == 3 * 2048 * 20_000 * 4
     assert 2.8 * 2**30 < total < 3.3 * 2**30
     # Without graph there is no k-NN phase and no diffusion scratch; heads only add labels.
     bare = fit_phases(200_000, 64, 3000, 10, width=128, n_neighbors=0, diffusion_steps=40)

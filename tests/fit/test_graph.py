@@ -1,10 +1,15 @@
 """The neighbour graph: exact k-NN search, the neighbour space, neighbour views, diffusion."""
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from skselflabel._fit.graph import NeighborGraph, nearest_neighbors, neighbor_points
+import skselflabel._fit.graph as graph_module
+from skselflabel._fit.graph import (EXACT_MAX_SAMPLES, IVFSearch, NeighborGraph, knn_needs,
+                                    nearest_neighbors, neighbor_points, search_method)
 from feeding import feeder_of
 
 
@@ -118,13 +123,100 @@ def test_probability_diffusion_is_the_walk_of_the_softmax():
     torch.testing.assert_close(out, p.clamp_min(1e-8).log(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["exact", "faiss"])
-def test_a_process_searches_the_neighbours_of_its_rows_among_all(method):
-    if method == "faiss":
-        pytest.importorskip("faiss", reason="faiss (the 'faiss' extra) is not installed")
+def _needs_faiss():
+    pytest.importorskip("faiss", reason="faiss (the 'faiss' extra) is not installed")
+
+
+def _without_faiss(monkeypatch):
+    # None in sys.modules makes "import faiss" raise ImportError.
+    monkeypatch.setitem(sys.modules, "faiss", None)
+
+
+@pytest.mark.parametrize("method", ["exact", "ivf"])
+def test_a_process_searches_the_neighbours_of_its_rows_among_all(method, monkeypatch):
+    if method == "ivf":
+        _needs_faiss()
+    monkeypatch.setattr(graph_module, "LIST_SIZE", 30)
     points = torch.randn(300, 6, generator=_gen())
     whole = nearest_neighbors(points, 5, batch_size=64, method=method)
     parts = [nearest_neighbors(points, 5, batch_size=64, method=method, rows=rows)
              for rows in [(0, 101), (101, 300)]]
     assert torch.equal(torch.cat(parts), whole)
     assert not (parts[1] == torch.arange(101, 300)[:, None]).any()
+
+
+def _blobs(n, seed=0):
+    """``n`` points around 40 centres in 16 dimensions, and their exact 10 neighbours."""
+    g = _gen(seed)
+    x = (torch.randn(40, 16, generator=g) * 3)[torch.randint(40, (n,), generator=g)]
+    x += torch.randn(n, 16, generator=g)
+    return x, nearest_neighbors(x, 10, method="exact")
+
+
+def _recall(found, exact):
+    return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist())])
+
+
+def test_the_approximate_search_reaches_the_recall_asked_for(monkeypatch):
+    _needs_faiss()
+    monkeypatch.setattr(graph_module, "LIST_SIZE", 50)
+    x, exact = _blobs(3000)
+    loose, tight = IVFSearch(x, 10, 0.5), IVFSearch(x, 10, 0.97)
+    assert loose.n_lists == 60 and loose.nprobe < tight.nprobe
+    for index in (loose, tight):
+        found = index.search(0, 3000)
+        assert not (found == torch.arange(3000)[:, None]).any()
+        assert abs(_recall(found, exact) - index.estimated_recall) < 0.03
+    assert _recall(tight.search(0, 3000), exact) >= 0.95
+    # The same search through nearest_neighbors, and reproducible.
+    assert torch.equal(nearest_neighbors(x, 10, method="ivf", recall=0.97),
+                       tight.search(0, 3000))
+
+
+def test_a_recall_out_of_reach_warns(monkeypatch):
+    _needs_faiss()
+    monkeypatch.setattr(graph_module, "LIST_SIZE", 50)
+    monkeypatch.setattr(graph_module, "MAX_NPROBE", 1)
+    x = torch.rand(2000, 32, generator=_gen())        # no structure: lists cut neighbours off
+    with pytest.warns(UserWarning, match="short of neighbor_recall=0.99"):
+        index = IVFSearch(x, 10, 0.99)
+    assert index.nprobe == 1 and index.estimated_recall < 0.99
+
+
+def test_search_method_and_its_memory(monkeypatch):
+    _needs_faiss()
+    big = EXACT_MAX_SAMPLES + 1
+    assert search_method(EXACT_MAX_SAMPLES, 64, "cpu") == "exact"
+    assert search_method(big, 64, "cpu") == "ivf"
+    assert search_method(big, 64, "cpu", recall=1.0) == "exact"
+    assert search_method(big, 64, "cpu", method="exact") == "exact"
+    # On a GPU the exact search is kept wherever its blocks fit in free memory.
+    blocks = graph_module.exact_bytes(big, 64)
+    for room, expected in [(blocks, "exact"), (blocks - 1, "ivf"), (None, "ivf")]:
+        monkeypatch.setattr(graph_module, "available", lambda device, room=room: (room, "t"))
+        assert search_method(big, 64, "cuda:0") == expected
+        assert search_method(big, 64, "cpu") == "ivf"
+        needs = {need.what for need in knn_needs(big, 64, 10, device="cuda:0")}
+        assert ("k-NN distance blocks" in needs) == (expected == "exact")
+        assert ("k-NN index" in needs) == (expected == "ivf")
+    index = {need.what: need.nbytes for need in knn_needs(big, 64, 10)}["k-NN index"]
+    assert big * 64 * 4 < index < blocks
+
+
+def test_without_faiss_the_search_stays_exact_and_says_so(monkeypatch):
+    _without_faiss(monkeypatch)
+    monkeypatch.setattr(graph_module, "EXACT_MAX_SAMPLES", 200)
+    points = torch.randn(300, 6, generator=_gen())
+    assert search_method(300, 6, "cpu") == "exact"
+    needs = {need.what for need in knn_needs(300, 6, 5)}
+    assert "k-NN distance blocks" in needs and "k-NN index" not in needs
+    with pytest.warns(UserWarning, match=r"skselflabel\[faiss\]"):
+        found = nearest_neighbors(points, 5)
+    assert torch.equal(found, nearest_neighbors(points, 5, method="exact"))
+    # Below the threshold, or asked to be exact, there is nothing to say.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nearest_neighbors(points[:200], 5)
+        nearest_neighbors(points, 5, recall=1.0)
+    with pytest.raises(ImportError, match="faiss"):
+        nearest_neighbors(points, 5, method="ivf")

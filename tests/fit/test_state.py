@@ -114,6 +114,15 @@ def test_pickles_are_versioned(fitted, X):
     assert pickle.loads(pickle.dumps(SelfLabelClusterer(4))).n_clusters == 4
 
 
+def test_pickles_from_before_a_parameter_existed_load_with_its_default(fitted, X):
+    old = copy.deepcopy(fitted)
+    del old.neighbor_recall                 # as pickled before neighbor_recall existed
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.neighbor_recall == SelfLabelClusterer().neighbor_recall
+    assert loaded.score(X) == fitted.score(X)
+    np.testing.assert_array_equal(loaded.predict(X), fitted.labels_)
+
+
 def test_diverged_training_says_when_and_what_to_try(X, fitted):
     # Issue #10, item 5: "scores contains 600 NaN ... remove them before solving" blamed the
     # user's data for a network that diverged (SGD, lr=1e3).
