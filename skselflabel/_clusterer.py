@@ -83,7 +83,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``lam`` sets how closely labels follow the network, its ``prior`` the cluster
         proportions of the first head (other heads: equal), its ``size_tolerance`` how far
         cluster sizes may stray from them. None is ``SinkhornAssigner(lam=10.0,
-        tol=0.05, size_tolerance=0.5)``, which on tables also tries ``prior="auto"``
+        tol=0.01, size_tolerance=0.5)``, which on tables also tries ``prior="auto"``
         (``size_agreement_``); an explicit assigner, or ``assigner__lam`` and
         ``assigner__prior`` (grid searches), is used as given.
 

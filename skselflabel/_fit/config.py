@@ -53,11 +53,10 @@ MIN_EPOCHS_TO_RESTART = 5
 MIN_GRADIENT_SIDE = 16
 
 
-# The default self-label step: SeLa's CIFAR temperature. The labels are rounded to sizes
-# within DEFAULT_SIZE_TOLERANCE of their shares, so the plan's marginal error need only be
-# small beside that band: a tenth of it (a tighter tol costs iterations, not quality).
-DEFAULT_LAM, DEFAULT_SIZE_TOLERANCE = 10.0, 0.5
-DEFAULT_TOL = DEFAULT_SIZE_TOLERANCE / 10
+# The default self-label step: SeLa's CIFAR temperature; labels are an argmax, so a
+# marginal error of 1% leaves them balanced.
+DEFAULT_LAM, DEFAULT_TOL = 10.0, 1e-2
+DEFAULT_SIZE_TOLERANCE = 0.5
 
 
 @dataclass(frozen=True)

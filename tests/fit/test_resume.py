@@ -108,7 +108,7 @@ def test_ctrl_c_inside_a_self_label_step_resumes_exactly(images, uninterrupted, 
             return super().assign_tensor(scores, **kwargs)
 
     # The default assigner, spelled out: the same parameters as the uninterrupted fit's.
-    assigner = CtrlCOnce(lam=10.0, tol=0.05, size_tolerance=0.5)
+    assigner = CtrlCOnce(lam=10.0, tol=0.01, size_tolerance=0.5)
     path = tmp_path / "fit.ckpt"
     stopped, _ = _fit(images, augment=Trap(), assigner=assigner, checkpoint=path)
     assert stopped.n_iter_ < 3 and path.exists()

@@ -12,7 +12,7 @@ from feeding import feeder_of
 
 IMAGES = load_digits_images(return_X_y=True)[0]
 # The estimator's default assigner.
-DEFAULTS = dict(lam=10.0, tol=0.05, size_tolerance=0.5)
+DEFAULTS = dict(lam=10.0, tol=1e-2, size_tolerance=0.5)
 
 
 def _network(n_clusters):

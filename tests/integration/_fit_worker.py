@@ -136,7 +136,7 @@ def main(mode, out, checkpoint=None):
     else:
         resume.LABEL_UPDATE_SECONDS = 0.0
         # The default assigner with prior="auto", whose proportions carry over steps.
-        auto = SinkhornAssigner(lam=10.0, tol=0.05, size_tolerance=0.5, prior="auto")
+        auto = SinkhornAssigner(lam=10.0, tol=0.01, size_tolerance=0.5, prior="auto")
         # Ten self-label steps per epoch (the default caps them at three), each writing a
         # checkpoint, so that the kills find checkpoints early and in mid-epoch.
         est = SelfLabelClusterer(n_clusters=10, random_state=0, max_epochs=CHECKPOINT_EPOCHS,
