@@ -67,8 +67,9 @@ class SinkhornAssigner(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transforme
         plan's row-wise argmax, and only samples of clusters outside those sizes are moved,
         chosen by the plan's confidence; the argmax alone piles into a few clusters when
         the plan is soft (many clusters, small ``lam``). 0 gives exactly the shares, 1 or
-        more no lower bound; None keeps the plain argmax. New rows (:meth:`predict`) are assigned one at a time by
-        argmax.
+        more no lower bound; None keeps the plain argmax. New rows (:meth:`predict`) are
+        assigned one at a time by argmax. On large matrices a slow tail of the solve
+        below ``size_tolerance / 10`` ends it early (see :func:`sinkhorn_knopp`).
 
     Attributes
     ----------

@@ -211,9 +211,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         Epochs run (the last one partial if fitting was interrupted).
     history_ : pandas.DataFrame
         One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads), and of the
-        epoch's latest self-label step ``label_change`` (share of labels changed, mean over
-        heads), ``label_error`` (largest marginal error: above the assigner's ``tol`` if
-        stopped at ``max_iter``), ``label_iterations`` (most Sinkhorn iterations); ``seconds``.
+        epoch's latest self-label step ``label_change`` (share changed, mean over heads),
+        ``label_error`` (largest marginal error: above the assigner's ``tol`` if stopped at
+        ``max_iter`` or in a slow tail), ``label_iterations`` (most iterations); ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList

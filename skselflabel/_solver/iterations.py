@@ -82,6 +82,7 @@ class LoopResult:
     error: float
     drift: float = 0.0        # bound on relative potential changes since W was built
     stalled: bool = False     # stopped early: the error stopped falling (see scaling_loop)
+    settled: bool = False     # stopped in a slow tail below the settle level (scaling_loop)
 
 
 def make_kernel(problem, D, W, g, row_max=None):
@@ -191,7 +192,10 @@ def _sweep_fn(W, v, u, r):
 class _Errors:
     """Marginal error of the plan after each sweep, and the rules that stop on it."""
 
-    def __init__(self, log_p, stall_window, level, floor):
+    def __init__(self, log_p, stall_window, level, floor, settle=None):
+        self.settle = settle              # (error level, window) of a tail that may stop
+        self.settle_err = math.inf
+        self.settled = False
         self.target = log_p.exp()
         self.allowed = self.target > 0
         self.safe_target = torch.where(self.allowed, self.target, torch.ones_like(self.target))
@@ -223,11 +227,16 @@ class _Errors:
                 self.stalled = True
                 return False
             self.window_err = self.err
+        if self.settle is not None and it % self.settle[1] == 0:
+            if self.err <= self.settle[0] and self.err > 0.5 * self.settle_err:
+                self.settled = True
+                return False
+            self.settle_err = self.err
         return True
 
 
 def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
-                 stall_window=None):
+                 stall_window=None, settle=None):
     """Fused Sinkhorn sweeps over the stabilised kernel W (modified in place on absorption).
 
     One sweep visits each row block once: ``u_b = r / (W_b v)`` (so every row sum of the
@@ -247,12 +256,16 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     iterations creep towards the solution by ``log(1 + error)`` per iteration (thousands of
     iterations for tied one-hot scores). Wider steps for stuck columns (``plateaus.Plateaus``)
     shorten the climb; if the error still does not halve, the caller anneals ``lam``.
+
+    With ``settle = (level, window)``, the loop also stops (``settled=True``) once the error
+    is at most ``level`` and has not halved over ``window`` iterations: a slow tail that
+    the caller's rounding to sizes makes moot.
     """
     built = [g.clone()]               # potentials at which W was built or last absorbed
     N, K = W.shape
     # Relative errors below 100 eps are float rounding of the kernel, not plateaus.
     errors = _Errors(problem.log_p, stall_window, level=problem.plateau_level,
-                     floor=100 * torch.finfo(W.dtype).eps)
+                     floor=100 * torch.finfo(W.dtype).eps, settle=settle)
     allowed = errors.allowed
     log_v = torch.zeros(K, dtype=torch.float64, device=W.device)
     log_v[~torch.isfinite(g)] = -math.inf
@@ -288,7 +301,7 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
             log_v = torch.where(allowed, torch.zeros_like(log_v), log_v)
     drift = 0.0 if source is not None else _drift(built, g + log_v, allowed)
     return LoopResult(W, u.to(torch.float64), a, g, log_v, it, errors.err, drift,
-                      errors.stalled)
+                      errors.stalled, errors.settled)
 
 
 def _drift(built, g_end, allowed):
@@ -388,7 +401,7 @@ def finish(problem, res, row_max, max_iter, check_ties=True):
                       "that underflowed then may carry mass now and log_u may not reproduce "
                       "the row sums exactly; use copy=True for an exact rebuild.",
                       RuntimeWarning, stacklevel=4)
-    if not converged:
+    if not converged and not res.settled:
         warnings.warn(f"sinkhorn_knopp did not converge in {max_iter} iterations (marginal "
                       f"error {res.error:.3g} > tol {problem.tol}); increase max_iter or tol, "
                       "or lower lam.", ConvergenceWarning, stacklevel=4)

@@ -27,6 +27,10 @@ _WARM_MAX_ITER = 300
 # On the full matrix, an error that has not halved in this many iterations means a stall
 # (see iterations.scaling_loop); then lam is annealed on the full matrix.
 _STALL_WINDOW = 50
+# Labels rounded to sizes within a band of +-size_tolerance need marginals only well inside
+# it: on the full matrix, a slow tail below this share of the band that does not halve its
+# error over SETTLE_WINDOW iterations stops there (the user guide's "Many clusters").
+SETTLE_SHARE, SETTLE_WINDOW = 0.1, 25
 # The float64 and int64 vectors a solve keeps per row (scalings, shifts, maxima, labels).
 _BYTES_PER_ROW = 6 * FLOAT64
 
@@ -149,7 +153,11 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         gets between ``(1 - size_tolerance)`` and ``(1 + size_tolerance)`` times its share
         ``n_samples * prior_k``, moving as few samples off their argmax as needed, chosen
         by the plan's confidence :math:`Q_{ik} / \sum_j Q_{ij}` (0: exactly the shares,
-        rounded; 1 or more: no lower bound). Not available with ``reduce_fn``.
+        rounded; 1 or more: no lower bound). On a matrix larger than the warm-up
+        subsample, a slow tail also ends the solve early: once the marginal error is at
+        most ``size_tolerance / 10`` and has not halved over 25 iterations, the labels
+        are rounded there (``converged`` is then False, without a warning). Not available
+        with ``reduce_fn``.
 
     Returns
     -------
@@ -277,8 +285,10 @@ def _solve(scores, settings):
                           reduce_fn=settings.reduce_fn)
         try:
             with memory_step("the Sinkhorn-Knopp iterations", needs):
+                settle = (None if size_tolerance is None
+                          else (SETTLE_SHARE * size_tolerance, SETTLE_WINDOW))
                 res, row_max = _solve_blocks(problem, src, max_iter, copy,
-                                             settings.init_log_v, dtype)
+                                             settings.init_log_v, dtype, settle)
                 sol = finish(problem, res, row_max, max_iter,
                              check_ties=size_tolerance is None)
             if size_tolerance is not None:
@@ -481,7 +491,7 @@ def _from_start(problem, src, row_max, dtype, max_iter, start):
     return res, done + more
 
 
-def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
+def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype, settle=None):
     N, K = src.shape
     row_max, span = _row_maxima(src, problem.rows, dtype)
     # Column potentials g (float64) from a row subsample, starting from the caller's.
@@ -500,7 +510,7 @@ def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype):
     res = scaling_loop(problem, W, a, g, max_iter,
                        source=None if in_place else src,
                        source_row_max=None if in_place else row_max,
-                       stall_window=None if in_place else _STALL_WINDOW)
+                       stall_window=None if in_place else _STALL_WINDOW, settle=settle)
     if res.stalled:
         # The subsample's potentials left some cluster in a dead zone (its rows are not the
         # subsample's; see scaling_loop): anneal lam on the full matrix instead.

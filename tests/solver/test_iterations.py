@@ -75,3 +75,42 @@ def test_problem_stages_share_everything_but_what_changes():
         assert covered == list(range(100))
     finally:
         rows.close()
+
+
+def _stops_at(errors, sequence, tol):
+    """The iteration at which ``errors`` stops when it measures ``sequence`` one by one."""
+    for it, err in enumerate(sequence, start=1):
+        errors.err = err
+        if not errors.keep_going(it, tol):
+            return it
+    return None
+
+
+def test_a_slow_tail_below_the_settle_level_stops():
+    log_p = torch.full((4,), -np.log(4.0), dtype=torch.float64)
+
+    def errors(settle):
+        return iterations._Errors(log_p, None, level=0.0, floor=0.0, settle=settle)
+
+    slow = np.geomspace(0.04, 0.03, 200)         # below 0.05, far from halving in 25
+    fast = 0.04 * 0.5 ** (np.arange(200) / 10)   # halving every 10 iterations
+    high = np.geomspace(0.4, 0.3, 200)           # a slow tail, but above the level
+    stopped = errors((0.05, 25))
+    assert _stops_at(stopped, slow, tol=1e-3) == 50 and stopped.settled
+    reaches_tol = int(np.argmax(fast <= 1e-3)) + 1
+    assert _stops_at(errors((0.05, 25)), fast, tol=1e-3) == reaches_tol
+    assert _stops_at(errors((0.05, 25)), high, tol=1e-3) is None
+    assert _stops_at(errors(None), slow, tol=1e-3) is None
+
+
+def test_a_settled_solve_keeps_its_sizes_and_does_not_warn(small_warmup):
+    # Peaked logits at a high lam have a slow tail: the error creeps below 1e-3.
+    z = peaked(6_000, 150, 50.0, 13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # no ConvergenceWarning for a settled tail
+        res = sinkhorn_knopp(z, lam=100.0, tol=1e-9, size_tolerance=0.5, max_iter=1000)
+    assert res.marginal_error <= 0.05 and not res.converged and res.n_iter < 1000
+    sizes = np.bincount(res.labels, minlength=150)
+    assert sizes.min() >= 0.5 * 40 and sizes.max() <= 1.5 * 40
+    with pytest.warns(Warning, match="did not converge"):   # without sizes, no settling
+        sinkhorn_knopp(z, lam=100.0, tol=1e-9, max_iter=300)
