@@ -95,7 +95,21 @@ def _memmap(r):
         f"by at most {_gib(r['anonymous_growth_bytes'])}; a float32 copy of X alone would "
         f"be {_gib(r['float32_copy_bytes'])} (target: at most 1 GiB beyond the model and "
         "its buffers).",
-    ])
+    ] + _memory_account(r))
+
+
+def _memory_account(r):
+    """Rows of the fit's anonymous memory by phase, relative to its start (older results
+    without phases give none)."""
+    if "phases" not in r:
+        return []
+    mib = lambda value: f"{(value - r['anonymous_start_bytes']) / 2**20:.0f} MiB"
+    rows = ["", "| phase | before | after (kept) | peak during |", "|---|---|---|---|"]
+    rows += [f"| {m['phase']} | {mib(m['before'])} | {mib(m['after'])} | {mib(m['peak'])} |"
+             for m in r["phases"]]
+    rows += ["", f"Still held after `fit` returned: "
+             f"{r['kept_after_fit_bytes'] / 2**20:.0f} MiB."]
+    return rows
 
 
 def _graph(r):

@@ -48,6 +48,7 @@ class MemoryWatch:
 
     def __init__(self, field="RssAnon"):
         self.field, self.peak, self._stop = field, 0, threading.Event()
+        self.window_peak = 0
 
     def read(self):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -64,12 +65,47 @@ class MemoryWatch:
 
     def _run(self):
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self.read())
+            value = self.read()
+            self.peak = max(self.peak, value)
+            self.window_peak = max(self.window_peak, value)
+
+    def window(self):
+        """Start a new window for ``window_peak``; returns the value now."""
+        self.window_peak = value = self.read()
+        return value
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.read())
+
+
+def memory_marks(watch):
+    """The watched field around each phase of a fit: the value before and after it (what
+    the phase keeps) and its peak during it (what it needs for a while)."""
+    from skselflabel._fit import fit, training
+
+    marks = []
+
+    def marked(name, fn):
+        def run(*args, **kwargs):
+            before = watch.window()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                after = watch.read()
+                marks.append({"phase": name, "before": before, "after": after,
+                              "peak": max(watch.window_peak, after)})
+        return run
+
+    fit._start = marked("start: network, input statistics", fit._start)
+    build = fit.NeighborGraph.build.__func__
+    fit.NeighborGraph.build = classmethod(marked("neighbour graph", build))
+    training.Trainer._relabel = marked("self-label step", training.Trainer._relabel)
+    training.Trainer._train = marked("training (steps and self-label steps)",
+                                     training.Trainer._train)
+    fit.first_head_labels = marked("final labelling", fit.first_head_labels)
+    return marks
 
 
 def peak_rss_bytes():
@@ -236,12 +272,15 @@ def case_memmap(quick):
         del X
         X = np.load(path, mmap_mode="r")
         with MemoryWatch("RssAnon") as anon:
+            marks = memory_marks(anon)
             tic = time.perf_counter()
             clu = SelfLabelClusterer(n_clusters=10, max_epochs=1, n_label_updates=1,
                                      random_state=0).fit(X)
             seconds = time.perf_counter() - tic
+            kept = anon.read() - anon.start
         float32_copy = n * 28 * 28 * 4
-    return {"n_samples": n, "fit_seconds": seconds,
+    return {"n_samples": n, "fit_seconds": seconds, "anonymous_start_bytes": anon.start,
+            "phases": marks, "kept_after_fit_bytes": kept,
             "anonymous_growth_bytes": anon.peak - anon.start,
             "float32_copy_bytes": float32_copy, "labels": int(len(clu.labels_))}
 
