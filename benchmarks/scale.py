@@ -361,19 +361,33 @@ def render(load):
 
 
 def render_readme(load):
-    """The README's sentence on the memory of a fit over a uint8 memory map."""
+    """The README's sentences on the memory of a fit over a uint8 memory map and on the
+    ImageNet-size fit."""
+    blocks, gib = {}, 2 ** 30
     r = load("scale_memmap")
-    if r is None:
-        return {}
-    gib = 2 ** 30
-    return {"memmap": (
-        f"On a {r['n_samples']:,} x 28 x 28 uint8 memory map (`python benchmarks/scale.py "
-        f"memmap`) the fit's anonymous memory grew by {r['anonymous_growth_bytes'] / gib:.2f} "
-        f"GiB at its peak, more than the {r['float32_copy_bytes'] / gib:.2f} GiB a float32 copy "
-        "of X would take. `fit` reads X batch by batch, but its own buffers (neighbour "
-        "graph and neighbour space, embeddings, logits and labels of the self-label steps) "
-        "grow with n; which of them took this much has not been measured yet "
-        f"(`benchmarks/results/scale_memmap.json`).")}
+    if r is not None:
+        blocks["memmap"] = (
+            f"On a {r['n_samples']:,} x 28 x 28 uint8 memory map (`python benchmarks/scale.py "
+            f"memmap`) the fit's anonymous memory grew by "
+            f"{r['anonymous_growth_bytes'] / gib:.2f} GiB at its peak, against the "
+            f"{r['float32_copy_bytes'] / gib:.2f} GiB a float32 copy of X would take. `fit` "
+            "reads X batch by batch, but its own buffers (neighbour graph and neighbour "
+            "space, embeddings, logits and labels of the self-label steps) grow with n"
+            + ("; docs/benchmarks.md gives them phase by phase" if "phases" in r else
+               "; which of them took this much has not been measured yet")
+            + " (`benchmarks/results/scale_memmap.json`).")
+    r = load("scale_imagenet")
+    if r is not None:
+        homogeneity = min(r["homogeneity"])
+        blocks["imagenet"] = (
+            f"On a {r['n_samples']:,} x 128 float32 memory map (a mixture of 1,000 "
+            "Gaussians; `python benchmarks/scale.py imagenet`), SeLa's [3k x 10] heads "
+            f"trained for one epoch in {r['fit_seconds'] / 60:.1f} minutes on one thread, "
+            f"with a peak resident set of {r['peak_rss_bytes'] / gib:.1f} GiB; every "
+            f"self-label solve took at most {max(s['n_iter'] for s in r['solves'])} "
+            f"iterations. The heads' self-labels reach a homogeneity of {homogeneity:.3f} "
+            "or more against the components (`benchmarks/results/scale_imagenet.json`).")
+    return blocks
 
 
 def main(argv=None):
