@@ -55,6 +55,7 @@ class Problem:
     rows: object              # how the rows are visited (a RowBlocks)
     reduce_fn: object = None  # sums column sums over processes (data-parallel), or None
     final_tol: float = None   # tol of the whole solve, when a stage's tol is looser
+    settle: tuple = None      # (error level, window) below which a slow tail may stop
 
     @property
     def target_tol(self):
@@ -236,7 +237,7 @@ class _Errors:
 
 
 def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
-                 stall_window=None, settle=None):
+                 stall_window=None):
     """Fused Sinkhorn sweeps over the stabilised kernel W (modified in place on absorption).
 
     One sweep visits each row block once: ``u_b = r / (W_b v)`` (so every row sum of the
@@ -257,7 +258,7 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     iterations for tied one-hot scores). Wider steps for stuck columns (``plateaus.Plateaus``)
     shorten the climb; if the error still does not halve, the caller anneals ``lam``.
 
-    With ``settle = (level, window)``, the loop also stops (``settled=True``) once the error
+    With ``problem.settle = (level, window)``, the loop also stops (``settled=True``) once the error
     is at most ``level`` and has not halved over ``window`` iterations: a slow tail that
     the caller's rounding to sizes makes moot.
     """
@@ -265,7 +266,7 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     N, K = W.shape
     # Relative errors below 100 eps are float rounding of the kernel, not plateaus.
     errors = _Errors(problem.log_p, stall_window, level=problem.plateau_level,
-                     floor=100 * torch.finfo(W.dtype).eps, settle=settle)
+                     floor=100 * torch.finfo(W.dtype).eps, settle=problem.settle)
     allowed = errors.allowed
     log_v = torch.zeros(K, dtype=torch.float64, device=W.device)
     log_v[~torch.isfinite(g)] = -math.inf

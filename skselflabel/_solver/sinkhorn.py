@@ -507,10 +507,10 @@ def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype, settle=None):
     W = src if in_place else torch.empty((N, K), dtype=dtype, device=src.device)
     a = make_kernel(problem, src, W, g, row_max=row_max)
     # With a separate kernel buffer the scores are still there for exact rebuilds.
-    res = scaling_loop(problem, W, a, g, max_iter,
+    res = scaling_loop(problem.stage(settle=settle), W, a, g, max_iter,
                        source=None if in_place else src,
                        source_row_max=None if in_place else row_max,
-                       stall_window=None if in_place else _STALL_WINDOW, settle=settle)
+                       stall_window=None if in_place else _STALL_WINDOW)
     if res.stalled:
         # The subsample's potentials left some cluster in a dead zone (its rows are not the
         # subsample's; see scaling_loop): anneal lam on the full matrix instead.
