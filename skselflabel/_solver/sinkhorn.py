@@ -1,7 +1,6 @@
 """Sinkhorn-Knopp for the SeLa self-label step: the public solver, its checks and set-up, the
 subsample warm-up, and what one solve allocates."""
 from dataclasses import dataclass
-import math
 
 import numpy as np
 import torch
@@ -11,10 +10,10 @@ from .._runtime.memory import FLOAT32, FLOAT64, Need
 from .._runtime.threads import own_threads
 from .checks import (as_tensor, check_iterations, check_lam, check_shape, check_tolerance,
                      log_prior, needs_copy)
-from .iterations import (EXP_MIN, Problem, anneal, exponent_fn, finish, make_kernel,
-                         scaling_loop)
+from .iterations import Problem, anneal, finish, make_kernel, scaling_loop
 from .rounding import round_to_sizes, rounding_needs, size_bounds
 from .row_blocks import RowBlocks, block_rows
+from .starts import STALL_WINDOW, from_start, given_potentials, plan_error
 
 __all__ = ["SinkhornResult", "sinkhorn_knopp"]
 
@@ -24,9 +23,6 @@ _WARMUP_ROWS_PER_CLUSTER = 8
 # When the full matrix follows, the warm-up only needs potentials that are roughly right.
 _WARM_TOL = 1e-2
 _WARM_MAX_ITER = 300
-# On the full matrix, an error that has not halved in this many iterations means a stall
-# (see iterations.scaling_loop); then lam is annealed on the full matrix.
-_STALL_WINDOW = 50
 # Labels rounded to sizes within a band of +-size_tolerance need marginals only well inside
 # it: on the full matrix, a slow tail below this share of the band that does not halve its
 # error over SETTLE_WINDOW iterations stops there (the user guide's "Many clusters").
@@ -352,39 +348,6 @@ def _row_maxima(src, rows, dtype):
     return row_max, max(float(span) for _, span in found)
 
 
-def _given_potentials(init_log_v, problem, span):
-    """Column potentials from the caller's ``init_log_v``, or a ValueError.
-
-    Only differences between potentials matter, and no solution spreads them by more than
-    ``lam * span + log(max prior / min prior)`` (``span`` the largest range of a row of
-    scores; a wider gap would give a column less than its prior): so the start is shifted
-    to a maximum of 0 and floored there (``-inf`` marks "no mass yet"). Clusters with zero
-    prior stay at ``-inf``.
-    """
-    log_p = problem.log_p
-    K, allowed = log_p.shape[0], torch.isfinite(log_p)
-    try:
-        # A tensor (the previous self-label step's log_v) stays on its device: no host copy.
-        g = (init_log_v.detach().to(log_p.device, torch.float64) if torch.is_tensor(init_log_v)
-             else torch.as_tensor(np.asarray(init_log_v, dtype=np.float64)).to(log_p.device))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"init_log_v must be a vector of numbers: {exc}") from None
-    if g.shape != (K,):
-        raise ValueError(f"init_log_v must have length n_clusters={K}, got shape "
-                         f"{tuple(g.shape)}.")
-    if torch.isnan(g[allowed]).any() or torch.isposinf(g[allowed]).any():
-        raise ValueError("init_log_v must not hold NaN or +inf (for clusters with a "
-                         "positive prior); pass the log_v of an earlier solve, or None.")
-    if problem.reduce_fn is not None:   # every process must start from the same potentials
-        span_t = torch.tensor([span], dtype=torch.float64, device=log_p.device)
-        problem.reduce_fn(span_t)       # a sum over processes bounds their largest span
-        span = float(span_t[0])
-    spread = problem.lam * span + float(log_p[allowed].max() - log_p[allowed].min()) + 1.0
-    top = float(g[allowed].max())
-    g = g - top if math.isfinite(top) else torch.zeros_like(g)
-    return torch.where(allowed, g.clamp_min(-spread), torch.full_like(g, -math.inf))
-
-
 def _subsample_is_whole(problem, N, n_sub):
     whole = n_sub == N
     if problem.reduce_fn is not None:
@@ -405,13 +368,13 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     estimated; there the kernel can be rebuilt exactly whenever it is needed. Returns
     ``(g, None)``, or ``(None, (res, n_iter))`` when the subsample was the whole matrix
     and its solution is the answer (from ``start`` at the target lam, when given: see
-    :func:`_from_start`).
+    :func:`~.starts.from_start`).
     """
     N, K = src.shape
     n_sub = warmup_rows(N, K)
     whole = _subsample_is_whole(problem, N, n_sub)
     if start is not None and whole:
-        return None, _from_start(problem, src, row_max, dtype, max_iter, start)
+        return None, from_start(problem, src, row_max, dtype, max_iter, start)
     idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
     sub = src if whole else src.index_select(0, idx)
     sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
@@ -428,7 +391,7 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
             # The caller's start seeds the subsample, never the full kernel directly: a start
             # far from this matrix's solution (scores that changed a lot since) would leave
             # columns in a dead zone of an in-place kernel, which cannot be rebuilt.
-            res, n_iter = _from_start(at, sub, None, dtype, budget, start)
+            res, n_iter = from_start(at, sub, None, dtype, budget, start)
             g = res.g + res.log_v
     finally:
         if not whole:
@@ -438,64 +401,17 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     # The whole matrix is solved in place, where a column that starts far from its solution
     # cannot be rebuilt: start from the subsample's potentials unless the caller's fit
     # this matrix better (the previous step's do, unless the scores changed a lot since).
-    if start is not None and (_plan_error(problem, src, row_max, start, dtype)
-                              < _plan_error(problem, src, row_max, g, dtype)):
+    if start is not None and (plan_error(problem, src, row_max, start, dtype)
+                              < plan_error(problem, src, row_max, g, dtype)):
         g = start
     return g, None
-
-
-def _plan_error(problem, src, row_max, g, dtype):
-    """Marginal error on the whole matrix of the plan with column potentials ``g`` and exact
-    row sums, in one read-only pass."""
-    K = src.shape[1]
-    exponent = exponent_fn(problem.lam, g, dtype)
-
-    def column_sums(lo, hi, block):
-        acc = torch.zeros(K, dtype=torch.float64, device=src.device)
-        w = torch.empty((min(block, hi - lo), K), dtype=dtype, device=src.device)
-        for s in range(lo, hi, block):
-            e = min(hi, s + block)
-            kernel = w[:e - s]
-            exponent(src[s:e], row_max[s:e, None], kernel)
-            kernel.clamp_min_(EXP_MIN).exp_()
-            kernel /= kernel.sum(1, keepdim=True)
-            acc += kernel.sum(0, dtype=torch.float64)
-        return acc
-
-    acc = torch.stack(problem.rows.map(column_sums)).sum(0) * problem.r
-    if problem.reduce_fn is not None:
-        problem.reduce_fn(acc)
-    target = problem.log_p.exp()
-    allowed = target > 0
-    return float(((acc[allowed] - target[allowed]) / target[allowed]).abs().max())
-
-
-def _from_start(problem, src, row_max, dtype, max_iter, start):
-    """The whole matrix solved from the potentials ``start``: ``(res, n_iter)``.
-
-    Good potentials (the previous self-label step's) need no annealing: the kernel is built
-    at the target lam from them, in a buffer of its own (the warm-up's memory), and rebuilt
-    exactly from the scores as they are. A start that puts some column in a dead zone (see
-    ``scaling_loop``) stops the error from halving; then epsilon-scaling from scratch takes
-    the iterations left, so a bad start costs at most ``_STALL_WINDOW`` iterations more
-    than none.
-    """
-    W = torch.empty(src.shape, dtype=dtype, device=src.device)
-    a = make_kernel(problem, src, W, start, row_max=row_max)
-    res = scaling_loop(problem, W, a, start, max_iter, source=src, source_row_max=row_max,
-                       stall_window=_STALL_WINDOW)
-    if not res.stalled:
-        return res, res.n_iter
-    done = res.n_iter
-    _, res, more = anneal(problem, src, W, max(1, max_iter - done), row_max=row_max)
-    return res, done + more
 
 
 def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype, settle=None):
     N, K = src.shape
     row_max, span = _row_maxima(src, problem.rows, dtype)
     # Column potentials g (float64) from a row subsample, starting from the caller's.
-    start = None if init_log_v is None else _given_potentials(init_log_v, problem, span)
+    start = None if init_log_v is None else given_potentials(init_log_v, problem, span)
     g, whole = _warm_up(problem, src, row_max, dtype, max_iter, start)
     if whole is not None:
         res, n_iter = whole
@@ -510,7 +426,7 @@ def _solve_blocks(problem, src, max_iter, copy, init_log_v, dtype, settle=None):
     res = scaling_loop(problem.stage(settle=settle), W, a, g, max_iter,
                        source=None if in_place else src,
                        source_row_max=None if in_place else row_max,
-                       stall_window=None if in_place else _STALL_WINDOW)
+                       stall_window=None if in_place else STALL_WINDOW)
     if res.stalled:
         # The subsample's potentials left some cluster in a dead zone (its rows are not the
         # subsample's; see scaling_loop): anneal lam on the full matrix instead.
