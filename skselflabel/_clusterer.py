@@ -134,7 +134,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``diffusion_steps`` times over the graph, :math:`P \leftarrow (P + \bar P_{nb})/2`,
         and the assigner works on :math:`\log P`; with more clusters than backbone
         features, the features are smoothed instead (cheaper). "auto" grows with the mean
-        cluster size :math:`m = n / K`: :math:`20 \sqrt{m / 200}` in [1, 60]; 0: none.
+        cluster size :math:`m = n / K`: :math:`20 \sqrt{m / 200}` in [1, 60], at most 6
+        on the features; 0: none.
 
     augment : {"auto", "none"}, callable or None, default="auto"
         Batch augmentation on the training device: "auto" is random shifts and intensity

@@ -41,6 +41,10 @@ IMAGE_NEIGHBOR_PROB, TABLE_NEIGHBOR_PROB = 1.0, 0.5
 # (a lazy random walk must spread a label over a cluster, and the farther it walks the
 # more it blurs neighbouring clusters together): 20 steps at m = 200, within [1, 60].
 DIFFUSION_STEPS_AT_200, MIN_DIFFUSION_STEPS, MAX_DIFFUSION_STEPS = 20.0, 1.0, 60.0
+# ... but a walk on the features (more clusters than features) takes at most this many:
+# averaging a sample's whole representation blurs clusters into one another long before
+# the walk has spread over a large cluster (the user guide's "Label diffusion").
+MAX_FEATURE_WALK_STEPS = 6
 # Starts compared by a trial (n_init="auto"), and the share of training a trial takes: the
 # self-labels of a start settle early, so a short trial tells the starts apart (the user
 # guide's "Choosing without labels"). Fits of fewer epochs than MIN_EPOCHS_TO_RESTART make
@@ -92,7 +96,8 @@ class FitConfig:
     neighbor_prob: float
     neighbor_features: object    # "input", "gradients", a callable or an embedding
     neighbor_recall: float       # recall asked of the approximate k-NN search (1: exact)
-    diffusion_steps: int
+    diffusion_steps: int         # walk steps on the heads' probabilities
+    feature_walk_steps: int      # ... or on the features, with more clusters than features
     augment: object              # f(batch, generator) -> batch, or None
     # The run.
     random_state: object
@@ -241,12 +246,15 @@ def _graph(params, n_samples, sample_shape):
     neighbor_prob = float(_auto(params["neighbor_prob"],
                                 IMAGE_NEIGHBOR_PROB if is_image else TABLE_NEIGHBOR_PROB))
     cluster_size = n_samples / params["n_clusters"]
-    diffusion_steps = int(_auto(params["diffusion_steps"], round(min(
-        MAX_DIFFUSION_STEPS, max(MIN_DIFFUSION_STEPS,
-                                 DIFFUSION_STEPS_AT_200 * math.sqrt(cluster_size / 200))))))
+    auto_steps = round(min(MAX_DIFFUSION_STEPS, max(
+        MIN_DIFFUSION_STEPS, DIFFUSION_STEPS_AT_200 * math.sqrt(cluster_size / 200))))
+    diffusion_steps = int(_auto(params["diffusion_steps"], auto_steps))
+    feature_walk_steps = int(_auto(params["diffusion_steps"],
+                                   min(auto_steps, MAX_FEATURE_WALK_STEPS)))
     features = params["neighbor_features"]
     if isinstance(features, str) and features == "auto":
         features = auto_neighbor_features(sample_shape)
     return dict(n_neighbors=n_neighbors, neighbor_prob=neighbor_prob,
                 neighbor_features=features, diffusion_steps=diffusion_steps,
+                feature_walk_steps=feature_walk_steps,
                 neighbor_recall=float(params.get("neighbor_recall", NEIGHBOR_RECALL)))

@@ -214,7 +214,9 @@ def _judge(run, graph):
 
 def _trainer(run, graph, events):
     """A trainer of ``run``'s network, with a self-labeller of its own."""
-    labeller = SelfLabeller(run.config.assigner, graph, run.config.diffusion_steps, run.team)
+    config = run.config
+    labeller = SelfLabeller(config.assigner, graph, config.diffusion_steps, run.team,
+                            config.feature_walk_steps)
     return Trainer(run.network, run.config, labeller, run.generators, events, run.team,
                    run.checkpoint)
 

@@ -128,15 +128,20 @@ class SelfLabeller:
     graph : NeighborGraph or None
         Neighbour graph for diffusion.
     diffusion_steps : int
-        Diffusion steps before each solve (0: none).
+        Diffusion steps before each solve (0: none), on each head's probabilities.
     team : skselflabel._runtime.processes.Team, default=one process
         The processes of a data-parallel fit, which share the embedding and the heads.
+    feature_walk_steps : int, default=None
+        Steps of the walk on the features instead, where a head has more clusters than
+        there are features (None: ``diffusion_steps``).
     """
 
-    def __init__(self, assigner, graph, diffusion_steps, team=SOLO):
+    def __init__(self, assigner, graph, diffusion_steps, team=SOLO, feature_walk_steps=None):
         self.assigner = assigner
         self.graph = graph
         self.diffusion_steps = diffusion_steps if graph is not None else 0
+        self.feature_walk_steps = (self.diffusion_steps if feature_walk_steps is None
+                                   or graph is None else feature_walk_steps)
         self.team = team
         self.buffers = _Buffers()
         # Largest marginal error over the heads of the latest step (a host float: no sync),
@@ -169,11 +174,11 @@ class SelfLabeller:
             features = embed_shared(backbone, feeder, width, self.team,
                                     out=self.buffers.features(n, width, device))
         _check_finite(features, "backbone")
-        on_features = self.diffusion_steps > 0 and max(h.out_features for h in heads) > width
-        if on_features:
+        on_features = max(h.out_features for h in heads) > width
+        if on_features and self.feature_walk_steps > 0:
             with memory_step("diffusing the features"):
                 scratch = self.buffers.matrix("scratch", n, width, device)
-                self.graph.walk_(features, self.diffusion_steps, scratch)
+                self.graph.walk_(features, self.feature_walk_steps, scratch)
         # Into ``labels`` only once every head has its labels: a Ctrl-C half-way through
         # the step leaves them as they were.
         new = torch.empty_like(labels)

@@ -41,7 +41,8 @@ def fork(run, trainer, graph):
                             augment=_copy_generator(run.generators.augment))
     history = HistoryRecorder()
     history.records = copy.deepcopy(run.history.records)
-    labeller = SelfLabeller(estimating(), graph, config.diffusion_steps, run.team)
+    labeller = SelfLabeller(estimating(), graph, config.diffusion_steps, run.team,
+                            config.feature_walk_steps)
     twin = Trainer(network, config, labeller, generators,
                    twin_events(history, config.verbose, run.team.leader), run.team)
     twin.restore(state)

@@ -52,6 +52,18 @@ def test_explicit_values_win_and_the_config_is_frozen():
         config.lr = 1.0
 
 
+@pytest.mark.parametrize("n, n_clusters, steps, walk", [
+    (60000, 3000, 6, 6),                # clusters of 20: the rule's 6 either way
+    (1_281_167, 3000, 29, 6),           # clusters of 427: the feature walk stops at 6
+    (1797, 10, 19, 6),
+])
+def test_the_walk_on_features_takes_at_most_six_steps(n, n_clusters, steps, walk):
+    config = resolve_config(_params(n_clusters=n_clusters), n, (128,))
+    assert (config.diffusion_steps, config.feature_walk_steps) == (steps, walk)
+    explicit = resolve_config(_params(n_clusters=n_clusters, diffusion_steps=29), n, (128,))
+    assert (explicit.diffusion_steps, explicit.feature_walk_steps) == (29, 29)
+
+
 def test_a_trailing_batch_of_one_is_dropped():
     assert n_batches(33, 16) == 2 and n_batches(34, 16) == 3 and n_batches(1, 16) == 1
 

@@ -58,14 +58,16 @@ class _Spy(SinkhornAssigner):
         return super().assign_tensor(scores, **kw)
 
 
-def _diffused_step(n_clusters):
-    """One self-label step with 3 diffusion steps, the scores the assigner saw recorded."""
+def _diffused_step(n_clusters, feature_walk_steps=None):
+    """One self-label step with 3 diffusion steps (and ``feature_walk_steps`` on the
+    features), the scores the assigner saw recorded."""
     backbone, heads = _network(n_clusters=n_clusters)
     X_t = _data()
     graph = NeighborGraph(nearest_neighbors(X_t, 5))
     spy = _Spy(lam=10.0)
     labels = torch.zeros((len(n_clusters), 90), dtype=torch.int64)
-    SelfLabeller(spy, graph, 3).relabel_(backbone, heads, 8, feeder_of(X_t), labels)
+    SelfLabeller(spy, graph, 3, feature_walk_steps=feature_walk_steps).relabel_(
+        backbone, heads, 8, feeder_of(X_t), labels)
     return backbone, heads, X_t, graph, spy, labels
 
 
@@ -80,11 +82,12 @@ def test_few_clusters_diffuse_each_heads_probabilities():
     assert np.mean(ref.labels == labels[0].numpy()) > 0.97
 
 
-def test_many_clusters_diffuse_the_features_once_for_all_heads():
-    backbone, heads, X_t, graph, spy, _ = _diffused_step((12, 12))   # 12 > 8 features
+@pytest.mark.parametrize("walk", [None, 1, 0])
+def test_many_clusters_diffuse_the_features_once_for_all_heads(walk):
+    backbone, heads, X_t, graph, spy, _ = _diffused_step((12, 12), walk)   # 12 > 8 features
     with torch.no_grad():
         features = backbone(X_t)
-        for _ in range(3):
+        for _ in range(3 if walk is None else walk):
             features = (features + features[graph.indices].mean(1)) / 2
         for h in range(2):
             torch.testing.assert_close(spy.seen[h], heads[h](features), rtol=1e-5, atol=1e-5)
