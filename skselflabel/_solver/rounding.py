@@ -14,15 +14,18 @@ def size_bounds(p, n, tolerance):
     """Lower and upper cluster sizes (int64) for proportions ``p`` of ``n`` samples.
 
     ``tolerance=0`` gives integer sizes summing to ``n`` (largest remainders); otherwise
-    ``floor`` / ``ceil`` of ``(1 -+ tolerance) * n * p``.
+    the integers within ``(1 -+ tolerance) * n * p`` (``ceil`` / ``floor``), or, where those
+    cannot hold ``n`` samples (more clusters than ``tolerance * n``), ``floor`` / ``ceil``.
     """
     raw = p.double().cpu() * n
     if tolerance > 0:
         # The margin keeps float rounding of p (1/3000 * 60000 = 20.000000000000004) from
         # moving a bound by one.
-        low = (raw * (1 - tolerance) + 1e-9).floor().long().clamp_min(0)
-        high = (raw * (1 + tolerance) - 1e-9).ceil().long()
-        return low.to(p.device), high.to(p.device)
+        low, high = raw * (1 - tolerance), raw * (1 + tolerance)
+        inner = (low - 1e-9).ceil().long().clamp_min(0), (high + 1e-9).floor().long()
+        if int(inner[0].sum()) > n or int(inner[1].sum()) < n:
+            inner = (low + 1e-9).floor().long().clamp_min(0), (high - 1e-9).ceil().long()
+        return inner[0].to(p.device), inner[1].to(p.device)
     sizes = raw.floor().long()
     short = n - int(sizes.sum())
     if short > 0:
