@@ -214,7 +214,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads), and of the
         epoch's latest self-label step ``label_change`` (share changed, mean over heads),
         ``label_error`` (largest marginal error: above the assigner's ``tol`` if stopped at
-        ``max_iter`` or in a slow tail), ``label_iterations`` (most iterations); ``seconds``.
+        ``max_iter`` or in a slow tail), ``label_iterations`` (most iterations),
+        ``label_moved`` (largest share of a head's labels that the size rounding moved off
+        the plan's argmax); ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList

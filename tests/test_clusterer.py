@@ -90,7 +90,8 @@ def test_fitted_attributes(fitted, blobs):
     assert np.bincount(fitted.self_labels_[0], minlength=3).min() >= n // 3 - 2
     assert fitted.n_iter_ == 4
     assert list(fitted.history_.columns) == ["epoch", "loss", "label_change", "label_error",
-                                             "label_iterations", "seconds"]
+                                             "label_iterations", "label_moved", "seconds"]
+    assert fitted.history_["label_moved"].between(0, 1).all()
     assert (fitted.history_["label_iterations"] >= 1).all()     # every step's solve ran
     assert (fitted.history_["label_error"] <= 1e-2).all()       # every step converged
     assert fitted.history_["epoch"].tolist() == [1, 2, 3, 4]

@@ -9,7 +9,7 @@ import torch
 # through **kwargs); SinkhornAssigner uses all three.
 OPTIONAL_KEYWORDS = ("min_size_tolerance", "previous_prior", "init_log_v")
 # Fields of the result the estimator reads when they are there.
-OPTIONAL_FIELDS = ("prior", "marginal_error", "n_iter", "log_v")
+OPTIONAL_FIELDS = ("prior", "marginal_error", "n_iter", "n_moved", "log_v")
 
 
 class AssignmentResult(Protocol):
@@ -28,6 +28,9 @@ class AssignmentResult(Protocol):
         0 without it).
     n_iter : int, optional
         Iterations the solve took (``history_["label_iterations"]``; 0 without it).
+    n_moved : int, optional
+        Labels moved off the plan's argmax to meet cluster sizes
+        (``history_["label_moved"]``, as a share of the samples; 0 without it).
     log_v : torch.Tensor of shape (n_clusters,), optional
         The solve's column log-scalings (dual variables); the estimator passes them back
         as ``init_log_v`` at the head's next self-label step, where the assigner accepts

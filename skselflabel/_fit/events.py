@@ -13,7 +13,7 @@ except ImportError:  # scikit-learn < 1.9 has no callbacks: nothing to support
         """Stand-in for scikit-learn >= 1.9's mixin (which adds ``set_callbacks``)."""
 
 HISTORY_COLUMNS = ["epoch", "loss", "label_change", "label_error", "label_iterations",
-                   "seconds"]
+                   "label_moved", "seconds"]
 # Columns of whole numbers (rows read back from a checkpoint come as floats).
 _INTEGER_COLUMNS = ("epoch", "label_iterations")
 
@@ -25,8 +25,12 @@ def empty_history():
 
 def history_frame(rows):
     """``history_`` from rows of :data:`HISTORY_COLUMNS` values, whole-number columns as
-    integers."""
-    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    integers (rows of a checkpoint written before ``label_moved`` existed lack it: NaN)."""
+    if rows and len(rows[0]) == len(HISTORY_COLUMNS) - 1:
+        older = [name for name in HISTORY_COLUMNS if name != "label_moved"]
+        frame = pd.DataFrame(rows, columns=older).reindex(columns=HISTORY_COLUMNS)
+    else:
+        frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     # Rows of a model fitted before a column existed hold NaN there: those stay floats.
     return frame.astype({name: "int64" for name in _INTEGER_COLUMNS
                          if not frame[name].isna().any()})
@@ -42,6 +46,7 @@ class EpochRecord:
     label_error: float    # its largest marginal error over heads (converged: <= tol)
     label_iterations: int  # the most solver iterations a head took in that step
     seconds: float        # wall time, self-labelling included
+    label_moved: float = 0.0  # largest share of a head's labels the size rounding moved
 
 
 class FitListener:
@@ -63,7 +68,8 @@ class FitListener:
     def on_epoch_end(self, record):
         """An epoch ended; return True to ask the trainer to stop after it."""
 
-    def on_label_update(self, label_change, label_error, label_iterations, final):
+    def on_label_update(self, label_change, label_error, label_iterations, final,
+                        label_moved=0.0):
         """The self-labels were recomputed (``final``: the step after training)."""
 
     def on_fit_end(self, status):
@@ -100,9 +106,11 @@ class EventStream:
             stop |= bool(listener.on_epoch_end(record))
         return stop
 
-    def label_update(self, label_change, label_error, label_iterations, final=False):
+    def label_update(self, label_change, label_error, label_iterations, final=False,
+                     label_moved=0.0):
         for listener in self.listeners:
-            listener.on_label_update(label_change, label_error, label_iterations, final)
+            listener.on_label_update(label_change, label_error, label_iterations, final,
+                                     label_moved)
 
     def fit_end(self, status):
         for listener in self.listeners:
@@ -118,16 +126,19 @@ class HistoryRecorder(FitListener):
     def on_epoch_end(self, record):
         self.records.append(record)
 
-    def on_label_update(self, label_change, label_error, label_iterations, final):
+    def on_label_update(self, label_change, label_error, label_iterations, final,
+                        label_moved=0.0):
         if final and self.records:
             self.records[-1].label_change = label_change
             self.records[-1].label_error = label_error
             self.records[-1].label_iterations = label_iterations
+            self.records[-1].label_moved = label_moved
 
     def frame(self, previous):
         """``history_``: the rows of earlier fits (warm start), then this fit's."""
         new = history_frame([[r.epoch, r.loss, r.label_change, r.label_error,
-                              r.label_iterations, r.seconds] for r in self.records])
+                              r.label_iterations, r.label_moved, r.seconds]
+                             for r in self.records])
         if len(previous) == 0:
             return new
         return pd.concat([previous, new], ignore_index=True) if len(new) else previous

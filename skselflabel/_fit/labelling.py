@@ -145,9 +145,11 @@ class SelfLabeller:
         self.team = team
         self.buffers = _Buffers()
         # Largest marginal error over the heads of the latest step (a host float: no sync),
-        # and the most solver iterations a head took in it.
+        # the most solver iterations a head took in it, and the largest share of a head's
+        # labels that the size rounding moved.
         self.last_error = float("nan")
         self.last_iterations = 0
+        self.last_moved = 0.0
         # Per head: the WarmStart of its next solve (its latest solve's duals).
         self.warm_starts = {}
         # Proportions the first head was last solved for (they change with prior="auto").
@@ -196,6 +198,7 @@ class SelfLabeller:
         self._share(new, report, heads, duals)
         self.last_error = max(0.0, float(report[:, _REPORT.index("error")].max()))
         self.last_iterations = int(report[:, _REPORT.index("iterations")].max())
+        self.last_moved = float(report[:, _REPORT.index("moved")].max()) / n
         changed = torch.zeros((), dtype=torch.float64, device=device)
         for h in range(len(heads)):
             changed += (new[h] != labels[h]).float().mean().double()
@@ -212,7 +215,7 @@ class SelfLabeller:
             torch.addmm(head.bias, features, head.weight.T, out=logits)
         n_bad = _count_non_finite(logits)
         if n_bad:
-            return torch.tensor([0.0, n_bad, logits.numel(), 0.0, 0.0, 0.0],
+            return torch.tensor([0.0, n_bad, logits.numel(), 0.0, 0.0, 0.0, 0.0],
                                 dtype=torch.float64)
         if self.diffusion_steps > 0 and not on_features:
             with memory_step("diffusing its probabilities"):
@@ -241,8 +244,9 @@ class SelfLabeller:
             duals[h] = log_v
         error = float(getattr(result, "marginal_error", 0))
         n_iter = float(getattr(result, "n_iter", 0))
-        return torch.tensor([error, 0.0, logits.numel(), n_iter, log_v is not None, equal],
-                            dtype=torch.float64)
+        moved = float(getattr(result, "n_moved", 0))
+        return torch.tensor([error, 0.0, logits.numel(), n_iter, log_v is not None, equal,
+                             moved], dtype=torch.float64)
 
     def _sizes_wait(self, progress):
         """Whether cluster proportions that the assigner would estimate are kept equal at
@@ -291,6 +295,7 @@ class SelfLabeller:
         from them) and every head's duals (its next solve starts from them)."""
         return {"label_error": self.last_error,
                 "label_iterations": self.last_iterations,
+                "label_moved": self.last_moved,
                 "proportions": (None if self.proportions is None
                                 else torch.as_tensor(self.proportions).cpu()),
                 "warm_starts": {h: {"uniform": warm.uniform, "log_v": warm.log_v.cpu()}
@@ -300,6 +305,7 @@ class SelfLabeller:
         """Continue from :meth:`state` (the duals go to the training device when used)."""
         self.last_error = state["label_error"]
         self.last_iterations = state.get("label_iterations", 0)
+        self.last_moved = state.get("label_moved", 0.0)
         self.proportions = state["proportions"]
         # A checkpoint written before warm starts has none: the next solves start cold.
         self.warm_starts = {int(h): WarmStart(bool(warm["uniform"]),
@@ -314,7 +320,7 @@ class SelfLabeller:
 
 
 # The columns of a self-label step's report, one row per head.
-_REPORT = ("error", "n_bad", "n_values", "iterations", "has_duals", "uniform")
+_REPORT = ("error", "n_bad", "n_values", "iterations", "has_duals", "uniform", "moved")
 
 
 def _duals(result, n_clusters, device):

@@ -110,7 +110,8 @@ def _on_cpu(obj):
 
 def _history_rows(records):
     return [[int(r.epoch), float(r.loss), float(r.label_change), float(r.label_error),
-             int(r.label_iterations), float(r.seconds)] for r in records]
+             int(r.label_iterations), float(r.seconds), float(r.label_moved)]
+            for r in records]
 
 
 class FitCheckpoint:
@@ -268,9 +269,11 @@ class FitCheckpoint:
 
 
 def _record(row):
-    """An :class:`EpochRecord` from a row of :func:`_history_rows`."""
-    epoch, loss, change, error, iterations, seconds = row
-    return EpochRecord(int(epoch), loss, change, error, int(iterations), seconds)
+    """An :class:`EpochRecord` from a row of :func:`_history_rows` (rows written before
+    ``label_moved`` existed have six values)."""
+    epoch, loss, change, error, iterations, seconds, *moved = row
+    return EpochRecord(int(epoch), loss, change, error, int(iterations), seconds,
+                       moved[0] if moved else 0.0)
 
 
 def open_checkpoint(config, data, team):

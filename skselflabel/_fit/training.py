@@ -170,7 +170,8 @@ class Trainer:
         self.labels_step = self.step
         if final:
             self.events.label_update(float(self.label_change), self.labeller.last_error,
-                                     self.labeller.last_iterations, final=True)
+                                     self.labeller.last_iterations, final=True,
+                                     label_moved=self.labeller.last_moved)
 
     def run(self, feeder, labels, until=None):
         """Train on the samples of ``feeder`` with the self-labels ``labels`` (updated in
@@ -247,7 +248,8 @@ class Trainer:
         loss = float(totals[0]) / steps if steps else float("nan")
         record = EpochRecord(self.first_epoch + self.epoch - 1, loss,
                              float(self.label_change), self.labeller.last_error,
-                             self.labeller.last_iterations, float(seconds[0]))
+                             self.labeller.last_iterations, float(seconds[0]),
+                             self.labeller.last_moved)
         self.loss_sum = None
         return self.team.any_process(self.events.epoch_end(record))
 

@@ -163,5 +163,6 @@ def round_to_sizes(W, v, labels, bounds, rows):
 
 
 def rounding_needs(n):
-    """What sizing ``n`` labels allocates: per-row sums, proposals, confidences, indices."""
-    return [Need("label sizing", n * (FLOAT32 + 3 * INT64 + FLOAT32), "n_samples")]
+    """What sizing ``n`` labels allocates: per-row sums, proposals, confidences, indices,
+    and the argmax kept to count the labels moved."""
+    return [Need("label sizing", n * (FLOAT32 + 4 * INT64 + FLOAT32), "n_samples")]

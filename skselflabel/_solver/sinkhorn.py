@@ -62,6 +62,9 @@ class SinkhornResult:
         Whether ``marginal_error <= tol``.
     prior : ndarray of shape (n_clusters,), dtype float64
         The column marginal solved for: ``prior`` normalised, or equal sizes.
+    n_moved : int
+        Labels that ``size_tolerance`` moved off the plan's argmax into the allowed sizes
+        (0 without it).
     """
 
     labels: np.ndarray
@@ -71,6 +74,7 @@ class SinkhornResult:
     marginal_error: float
     converged: bool
     prior: np.ndarray = None
+    n_moved: int = 0
 
 
 def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, copy=True,
@@ -291,16 +295,19 @@ def _solve(scores, settings):
                                              settings.init_log_v, dtype, settle)
                 sol = finish(problem, res, row_max, max_iter,
                              check_ties=size_tolerance is None)
+            n_moved = 0
             if size_tolerance is not None:
                 with memory_step("rounding to cluster sizes", rounding_needs(N)):
+                    argmax = sol.labels.clone()
                     sol.labels = round_to_sizes(
                         res.W, res.log_v.exp().to(res.W.dtype), sol.labels,
                         size_bounds(log_p.exp(), N, size_tolerance), rows)
+                    n_moved = int((sol.labels != argmax).sum())
         finally:
             rows.close()
     return SinkhornResult(labels=sol.labels, log_u=sol.log_u, log_v=sol.log_v,
                           n_iter=sol.n_iter, marginal_error=sol.marginal_error,
-                          converged=sol.converged, prior=log_p.exp())
+                          converged=sol.converged, prior=log_p.exp(), n_moved=n_moved)
 
 
 def warmup_rows(n, k):

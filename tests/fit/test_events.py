@@ -8,7 +8,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skselflabel import SelfLabelClusterer
 from skselflabel._fit.events import (EpochRecord, EventStream, FitListener, HistoryRecorder,
-                                 empty_history)
+                                 empty_history, history_frame)
 
 callback = pytest.importorskip("sklearn.callback", reason="scikit-learn < 1.9 has no callbacks")
 
@@ -24,10 +24,12 @@ def test_history_rows_and_the_final_label_update():
     history.on_epoch_end(EpochRecord(1, 2.0, 0.5, 0.01, 40, 0.1))
     history.on_label_update(0.3, 0.02, 7, final=False)   # mid-training: rows keep theirs
     history.on_epoch_end(EpochRecord(2, 1.0, 0.2, 0.01, 30, 0.1))
-    history.on_label_update(0.05, 0.2, 9, final=True)    # after training: last row updated
+    history.on_label_update(0.05, 0.2, 9, final=True,    # after training: last row updated
+                            label_moved=0.25)
     frame = history.frame(empty_history())
     assert list(frame.columns) == ["epoch", "loss", "label_change", "label_error",
-                                   "label_iterations", "seconds"]
+                                   "label_iterations", "label_moved", "seconds"]
+    assert frame["label_moved"].tolist() == [0.0, 0.25]
     assert frame["label_change"].tolist() == [0.5, 0.05]
     assert frame["label_error"].tolist() == [0.01, 0.2]
     assert frame["label_iterations"].tolist() == [40, 9]
@@ -35,6 +37,13 @@ def test_history_rows_and_the_final_label_update():
     both = HistoryRecorder()
     both.on_epoch_end(EpochRecord(3, 0.5, 0.0, 0.0, 0, 0.1))
     assert both.frame(frame)["epoch"].tolist() == [1, 2, 3]      # warm start continues
+
+
+def test_rows_of_a_checkpoint_written_before_label_moved_read_as_nan():
+    frame = history_frame([[1, 2.0, 0.5, 0.01, 40, 0.1], [2, 1.0, 0.2, 0.01, 30, 0.1]])
+    assert frame["label_moved"].isna().all()
+    assert frame["seconds"].tolist() == [0.1, 0.1]
+    assert frame["label_iterations"].dtype == np.int64
 
 
 def test_stream_calls_every_listener_and_any_can_stop():

@@ -20,6 +20,7 @@ class _CountingLabeller:
 
     def __init__(self):
         self.steps, self.trainer, self.last_error, self.last_iterations = [], None, 0.0, 0
+        self.last_moved = 0.0
 
     def relabel_(self, backbone, heads, width, feeder, labels, events=None, progress=1.0):
         self.steps.append(self.trainer.step)

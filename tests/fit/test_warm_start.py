@@ -149,13 +149,14 @@ def test_the_labeller_state_round_trips_its_duals():
     again = SelfLabeller(SinkhornAssigner(**DEFAULTS), None, 0)
     again.restore(state)
     assert again.last_iterations == labeller.last_iterations
+    assert again.last_moved == labeller.last_moved == state["label_moved"]
     for h in (0, 1):
         assert torch.equal(again.warm_starts[h].log_v, labeller.warm_starts[h].log_v)
         assert again.warm_starts[h].uniform == labeller.warm_starts[h].uniform
     # A checkpoint written before warm starts restores with none.
     old = {"label_error": 0.0, "proportions": None}
     again.restore(old)
-    assert again.warm_starts == {} and again.last_iterations == 0
+    assert again.warm_starts == {} and again.last_iterations == 0 and again.last_moved == 0
 
 
 def test_an_assigner_without_duals_solves_every_step_cold():

@@ -1,6 +1,7 @@
 """Cluster-size bounds of the sized labels."""
 import torch
 
+from skselflabel import sinkhorn_knopp
 from skselflabel._solver.rounding import size_bounds
 
 
@@ -30,3 +31,14 @@ def test_exact_shares_sum_to_the_samples():
     p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     low, high = size_bounds(p, 7, 0.0)
     assert torch.equal(low, high) and int(low.sum()) == 7
+
+
+def test_the_result_counts_the_labels_the_rounding_moved():
+    # Scores that pile most rows into cluster 0: sizes within +-10% must move many.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(600, 4, generator=g)
+    scores[:, 0] += 3.0
+    free = sinkhorn_knopp(scores.numpy(), lam=1.0, tol=1e-3, max_iter=5)
+    sized = sinkhorn_knopp(scores.numpy(), lam=1.0, tol=1e-3, max_iter=5, size_tolerance=0.1)
+    assert free.n_moved == 0
+    assert sized.n_moved == int((free.labels != sized.labels).sum()) > 0
