@@ -59,9 +59,12 @@ def _rest(r):
 def _solves(solves):
     """The most iterations and the largest marginal error of the fit's solves."""
     worst = max(solves, key=lambda s: s["n_iter"])
+    moved = [s["n_moved"] for s in solves if "n_moved" in s]
     return (f"{len(solves)} solves, at most {worst['n_iter']} iterations "
             f"({worst['seconds']:.0f} s), largest marginal error "
-            f"{max(s['marginal_error'] for s in solves):.3f}")
+            f"{max(s['marginal_error'] for s in solves):.3f}"
+            + (f"; the size rounding moved at most {max(moved):,} labels of a head"
+               if moved else ""))
 
 
 def _imagenet(r):

@@ -137,8 +137,9 @@ def phase_timer():
 
 
 def solve_log():
-    """Every self-label solve of the fit: seconds, iterations, marginal error and whether it
-    was warm-started, in the order they ran (heads in turn at each step)."""
+    """Every self-label solve of the fit: seconds, iterations, marginal error, labels the
+    size rounding moved and whether it was warm-started, in the order they ran (heads in
+    turn at each step)."""
     from skselflabel import SinkhornAssigner
 
     solves = []
@@ -149,6 +150,7 @@ def solve_log():
         result = assign(self, scores, **kwargs)
         solves.append({"seconds": time.perf_counter() - tic, "n_iter": int(result.n_iter),
                        "marginal_error": float(result.marginal_error),
+                       "n_moved": int(getattr(result, "n_moved", 0)),
                        "warm": kwargs.get("init_log_v") is not None})
         return result
 
