@@ -23,10 +23,6 @@ _WARMUP_ROWS_PER_CLUSTER = 8
 # When the full matrix follows, the warm-up only needs potentials that are roughly right.
 _WARM_TOL = 1e-2
 _WARM_MAX_ITER = 300
-# A start under which every column holds within this share of its mass (exact row sums)
-# leaves no column in a dead zone of the in-place kernel: the whole matrix starts from it
-# without a subsample solve (consecutive self-label steps are usually this close).
-_GOOD_START_ERROR = 0.5
 # Labels rounded to sizes within a band of +-size_tolerance need marginals only well inside
 # it: on the full matrix, a slow tail below this share of the band that does not halve its
 # error over SETTLE_WINDOW iterations stops there (the user guide's "Many clusters").
@@ -379,19 +375,13 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     estimated; there the kernel can be rebuilt exactly whenever it is needed. Returns
     ``(g, None)``, or ``(None, (res, n_iter))`` when the subsample was the whole matrix
     and its solution is the answer (from ``start`` at the target lam, when given: see
-    :func:`~.starts.from_start`). A ``start`` that already fits the whole matrix within
-    ``_GOOD_START_ERROR`` is returned as it is, with no subsample solve.
+    :func:`~.starts.from_start`).
     """
     N, K = src.shape
     n_sub = warmup_rows(N, K)
     whole = _subsample_is_whole(problem, N, n_sub)
     if start is not None and whole:
         return None, from_start(problem, src, row_max, dtype, max_iter, start)
-    start_error = None
-    if start is not None:
-        start_error = plan_error(problem, src, row_max, start, dtype)
-        if start_error <= _GOOD_START_ERROR:
-            return start, None
     idx = None if whole else torch.linspace(0, N - 1, n_sub, device=src.device).round().long()
     sub = src if whole else src.index_select(0, idx)
     sub = sub.to(dtype) - (row_max if whole else row_max[idx])[:, None].to(dtype)
@@ -418,7 +408,8 @@ def _warm_up(problem, src, row_max, dtype, max_iter, start=None):
     # The whole matrix is solved in place, where a column that starts far from its solution
     # cannot be rebuilt: start from the subsample's potentials unless the caller's fit
     # this matrix better (the previous step's do, unless the scores changed a lot since).
-    if start is not None and start_error < plan_error(problem, src, row_max, g, dtype):
+    if start is not None and (plan_error(problem, src, row_max, start, dtype)
+                              < plan_error(problem, src, row_max, g, dtype)):
         g = start
     return g, None
 

@@ -14,7 +14,6 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skselflabel import sinkhorn_knopp
 from skselflabel._solver import sinkhorn
-from skselflabel._solver.starts import from_start
 from solver_cases import head_logits, marginal_error, peaked, plan
 
 
@@ -425,26 +424,6 @@ def test_a_start_far_from_the_solution_never_builds_the_in_place_kernel(small_wa
                               copy=False, max_iter=3000)
     assert cold.converged and warm.converged
     assert np.mean(warm.labels == cold.labels) > 0.99
-
-
-def test_a_start_that_fits_the_whole_matrix_skips_the_subsample(small_warmup, monkeypatch):
-    # The previous step's duals on slightly moved scores: every column is near its share,
-    # so the in-place kernel is built from them at once, without a subsample solve.
-    z = head_logits(4_000, 200, seed=3)
-    first = sinkhorn_knopp(z.copy(), lam=25.0, tol=1e-3)
-    moved = z + 0.01 * np.random.default_rng(1).standard_normal(z.shape).astype(z.dtype)
-    solves = []
-    monkeypatch.setattr(sinkhorn, "from_start",
-                        lambda *a, **k: solves.append(a[1].shape) or from_start(*a, **k))
-    warm = sinkhorn_knopp(moved.copy(), lam=25.0, tol=1e-3, init_log_v=first.log_v,
-                          copy=False)
-    assert solves == []
-    reference = sinkhorn_knopp(moved.copy(), lam=25.0, tol=1e-3)
-    assert warm.converged and np.mean(warm.labels == reference.labels) > 0.99
-    # A start far from the matrix's solution still goes through the subsample.
-    sinkhorn_knopp(moved.copy(), lam=25.0, tol=1e-3, init_log_v=-3.0 * first.log_v,
-                   copy=False)
-    assert solves and solves[0][0] < 4_000
 
 
 def test_read_only_memory_map_is_never_written(tmp_path):
