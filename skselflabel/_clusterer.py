@@ -133,9 +133,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         Before each self-label step each head's probabilities :math:`P` are smoothed
         ``diffusion_steps`` times over the graph, :math:`P \leftarrow (P + \bar P_{nb})/2`,
         and the assigner works on :math:`\log P`; with more clusters than backbone
-        features, the features are smoothed instead (cheaper). "auto" grows with the mean
-        cluster size :math:`m = n / K`: :math:`20 \sqrt{m / 200}` in [1, 60], at most 6
-        on the features; 0: none.
+        features, the features are smoothed instead (cheaper). "auto": :math:`20 \sqrt{m/200}`
+        for clusters of :math:`m = n / K`, in [1, 60], at most 6 on features; 0: none.
 
     augment : {"auto", "none"}, callable or None, default="auto"
         Batch augmentation on the training device: "auto" is random shifts and intensity
@@ -211,12 +210,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     n_iter_ : int
         Epochs run (the last one partial if fitting was interrupted).
     history_ : pandas.DataFrame
-        One row per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads), and of the
-        epoch's latest self-label step ``label_change`` (share changed, mean over heads),
-        ``label_error`` (largest marginal error: above the assigner's ``tol`` if stopped at
-        ``max_iter`` or in a slow tail), ``label_iterations`` (most iterations),
-        ``label_moved`` (largest share of a head's labels that the size rounding moved off
-        the plan's argmax); ``seconds``.
+        Per epoch: ``epoch``, ``loss`` (mean cross-entropy over heads); of its latest
+        self-label step ``label_change`` (share changed, mean over heads), ``label_error``
+        (largest marginal error), ``label_iterations`` (most iterations), ``label_moved``
+        (largest share of a head's labels moved by the size rounding); ``seconds``.
     backbone_ : torch.nn.Module
         The trained backbone.
     heads_ : torch.nn.ModuleList
