@@ -388,7 +388,8 @@ def render_readme(load):
             f"with a peak resident set of {r['peak_rss_bytes'] / gib:.1f} GiB; every "
             f"self-label solve took at most {max(s['n_iter'] for s in r['solves'])} "
             f"iterations. The heads' self-labels reach a homogeneity of {homogeneity:.3f} "
-            "or more against the components (`benchmarks/results/scale_imagenet.json`).")
+            f"or more against the components (measured at commit {r['commit'][:7]}; "
+            "`benchmarks/results/scale_imagenet.json`).")
     return blocks
 
 
