@@ -270,10 +270,10 @@ class FitCheckpoint:
 
 def _record(row):
     """An :class:`EpochRecord` from a row of :func:`_history_rows` (rows written before
-    ``label_moved`` existed have six values)."""
+    ``label_moved`` existed have six values: NaN there, as in ``history_``)."""
     epoch, loss, change, error, iterations, seconds, *moved = row
     return EpochRecord(int(epoch), loss, change, error, int(iterations), seconds,
-                       moved[0] if moved else 0.0)
+                       moved[0] if moved else float("nan"))
 
 
 def open_checkpoint(config, data, team):

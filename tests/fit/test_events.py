@@ -9,6 +9,7 @@ from sklearn.preprocessing import StandardScaler
 from skselflabel import SelfLabelClusterer
 from skselflabel._fit.events import (EpochRecord, EventStream, FitListener, HistoryRecorder,
                                  empty_history, history_frame)
+from skselflabel._fit.resume import _record
 
 callback = pytest.importorskip("sklearn.callback", reason="scikit-learn < 1.9 has no callbacks")
 
@@ -40,8 +41,12 @@ def test_history_rows_and_the_final_label_update():
 
 
 def test_rows_of_a_checkpoint_written_before_label_moved_read_as_nan():
-    frame = history_frame([[1, 2.0, 0.5, 0.01, 40, 0.1], [2, 1.0, 0.2, 0.01, 30, 0.1]])
+    old_rows = [[1, 2.0, 0.5, 0.01, 40, 0.1], [2, 1.0, 0.2, 0.01, 30, 0.1]]
+    frame = history_frame(old_rows)
     assert frame["label_moved"].isna().all()
+    record = _record(old_rows[1])           # this fit's rows in an older checkpoint
+    assert record.seconds == 0.1 and np.isnan(record.label_moved)
+    assert _record([2, 1.0, 0.2, 0.01, 30, 0.1, 0.25]).label_moved == 0.25
     assert frame["seconds"].tolist() == [0.1, 0.1]
     assert frame["label_iterations"].dtype == np.int64
 
