@@ -55,7 +55,7 @@ class Problem:
     rows: object              # how the rows are visited (a RowBlocks)
     reduce_fn: object = None  # sums column sums over processes (data-parallel), or None
     final_tol: float = None   # tol of the whole solve, when a stage's tol is looser
-    settle: tuple = None      # (error level, window) below which a slow tail may stop
+    settle: object = None     # when a solve rounded to sizes may stop early (a Settle)
 
     @property
     def target_tol(self):
@@ -190,11 +190,26 @@ def _sweep_fn(W, v, u, r):
     return sweep
 
 
+@dataclass(frozen=True)
+class Settle:
+    """When a solve whose labels are rounded to sizes within ``+-band`` may stop before
+    ``tol``: its plan already has every column inside the band with at most ``mass`` of
+    all mass off target (the rounding then moves about as many labels as at ``tol``), or
+    its error is at most ``level`` and has not halved over ``window`` iterations (a slow
+    tail)."""
+
+    band: float
+    mass: float
+    level: float
+    window: int
+
+
 class _Errors:
     """Marginal error of the plan after each sweep, and the rules that stop on it."""
 
     def __init__(self, log_p, stall_window, level, floor, settle=None):
-        self.settle = settle              # (error level, window) of a tail that may stop
+        self.settle = settle              # a Settle, or None
+        self.off_target = math.inf        # share of the mass in the wrong columns
         self.settle_err = math.inf
         self.settled = False
         self.target = log_p.exp()
@@ -213,6 +228,8 @@ class _Errors:
         size = deviation.abs()
         err = float(size.max())
         self.err = err if math.isfinite(err) else math.inf
+        if self.settle is not None:
+            self.off_target = float(0.5 * ((col - self.target).abs() * self.allowed).sum())
         self.plateaus.update(deviation, size, self.err)
         return self.err
 
@@ -228,11 +245,15 @@ class _Errors:
                 self.stalled = True
                 return False
             self.window_err = self.err
-        if self.settle is not None and it % self.settle[1] == 0:
-            if self.err <= self.settle[0] and self.err > 0.5 * self.settle_err:
+        if self.settle is not None:
+            if self.err <= self.settle.band and self.off_target <= self.settle.mass:
                 self.settled = True
                 return False
-            self.settle_err = self.err
+            if it % self.settle.window == 0:
+                if self.err <= self.settle.level and self.err > 0.5 * self.settle_err:
+                    self.settled = True
+                    return False
+                self.settle_err = self.err
         return True
 
 
@@ -258,7 +279,8 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     iterations for tied one-hot scores). Wider steps for stuck columns (``plateaus.Plateaus``)
     shorten the climb; if the error still does not halve, the caller anneals ``lam``.
 
-    With ``problem.settle = (level, window)``, the loop also stops (``settled=True``) once the error
+    With ``problem.settle`` (a :class:`Settle`), the loop also stops (``settled=True``) once
+    every column is inside the size band with little mass off target, or once the error
     is at most ``level`` and has not halved over ``window`` iterations: a slow tail that
     the caller's rounding to sizes makes moot.
     """

@@ -10,7 +10,7 @@ from .._runtime.memory import FLOAT32, FLOAT64, Need
 from .._runtime.threads import own_threads
 from .checks import (as_tensor, check_iterations, check_lam, check_shape, check_tolerance,
                      log_prior, needs_copy)
-from .iterations import Problem, anneal, finish, make_kernel, scaling_loop
+from .iterations import Problem, Settle, anneal, finish, make_kernel, scaling_loop
 from .rounding import round_to_sizes, rounding_needs, size_bounds
 from .row_blocks import RowBlocks, block_rows
 from .starts import STALL_WINDOW, from_start, given_potentials, plan_error
@@ -23,9 +23,11 @@ _WARMUP_ROWS_PER_CLUSTER = 8
 # When the full matrix follows, the warm-up only needs potentials that are roughly right.
 _WARM_TOL = 1e-2
 _WARM_MAX_ITER = 300
-# Labels rounded to sizes within a band of +-size_tolerance need marginals only well inside
-# it: on the full matrix, a slow tail below this share of the band that does not halve its
-# error over SETTLE_WINDOW iterations stops there (the user guide's "Many clusters").
+# Labels rounded to sizes within a band of +-size_tolerance need marginals only inside it:
+# on the full matrix, the solve stops once every column is inside the band with at most
+# SETTLE_MASS of the mass off target, or in a slow tail below SETTLE_SHARE of the band that
+# does not halve its error over SETTLE_WINDOW iterations (the user guide's "Many clusters").
+SETTLE_MASS = 0.01
 SETTLE_SHARE, SETTLE_WINDOW = 0.1, 25
 # The float64 and int64 vectors a solve keeps per row (scalings, shifts, maxima, labels).
 _BYTES_PER_ROW = 6 * FLOAT64
@@ -154,10 +156,11 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         ``n_samples * prior_k``, moving as few samples off their argmax as needed, chosen
         by the plan's confidence :math:`Q_{ik} / \sum_j Q_{ij}` (0: exactly the shares,
         rounded; 1 or more: no lower bound). On a matrix larger than the warm-up
-        subsample, a slow tail also ends the solve early: once the marginal error is at
-        most ``size_tolerance / 10`` and has not halved over 25 iterations, the labels
-        are rounded there (``converged`` is then False, without a warning). Not available
-        with ``reduce_fn``.
+        subsample, the solve also ends early once the plan is good enough for that
+        rounding: every column sum within ``size_tolerance`` of its share with at most 1%
+        of the mass off target, or a marginal error of at most ``size_tolerance / 10``
+        that has not halved over 25 iterations. The labels are then rounded there
+        (``converged`` is False, without a warning). Not available with ``reduce_fn``.
 
     Returns
     -------
@@ -286,7 +289,9 @@ def _solve(scores, settings):
         try:
             with memory_step("the Sinkhorn-Knopp iterations", needs):
                 settle = (None if size_tolerance is None
-                          else (SETTLE_SHARE * size_tolerance, SETTLE_WINDOW))
+                          else Settle(band=size_tolerance, mass=SETTLE_MASS,
+                                      level=SETTLE_SHARE * size_tolerance,
+                                      window=SETTLE_WINDOW))
                 res, row_max = _solve_blocks(problem, src, max_iter, copy,
                                              settings.init_log_v, dtype, settle)
                 sol = finish(problem, res, row_max, max_iter,

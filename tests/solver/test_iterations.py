@@ -7,6 +7,7 @@ import torch
 
 from skselflabel import sinkhorn_knopp
 from skselflabel._solver import iterations
+from skselflabel._solver import sinkhorn as sinkhorn_module
 from skselflabel._solver.row_blocks import RowBlocks
 from solver_cases import head_logits, marginal_error, peaked, plan
 
@@ -95,22 +96,49 @@ def test_a_slow_tail_below_the_settle_level_stops():
     slow = np.geomspace(0.04, 0.03, 200)         # below 0.05, far from halving in 25
     fast = 0.04 * 0.5 ** (np.arange(200) / 10)   # halving every 10 iterations
     high = np.geomspace(0.4, 0.3, 200)           # a slow tail, but above the level
-    stopped = errors((0.05, 25))
+    def tail(level, window):          # the band rule never fires: off_target stays inf
+        return iterations.Settle(band=0.5, mass=0.01, level=level, window=window)
+
+    stopped = errors(tail(0.05, 25))
     assert _stops_at(stopped, slow, tol=1e-3) == 50 and stopped.settled
     reaches_tol = int(np.argmax(fast <= 1e-3)) + 1
-    assert _stops_at(errors((0.05, 25)), fast, tol=1e-3) == reaches_tol
-    assert _stops_at(errors((0.05, 25)), high, tol=1e-3) is None
+    assert _stops_at(errors(tail(0.05, 25)), fast, tol=1e-3) == reaches_tol
+    assert _stops_at(errors(tail(0.05, 25)), high, tol=1e-3) is None
     assert _stops_at(errors(None), slow, tol=1e-3) is None
 
 
-def test_a_settled_solve_keeps_its_sizes_and_does_not_warn(small_warmup):
+def test_a_plan_inside_the_size_band_with_little_mass_off_target_stops():
+    log_p = torch.full((4,), -np.log(4.0), dtype=torch.float64)
+    settle = iterations.Settle(band=0.5, mass=0.01, level=0.05, window=25)
+    zero = torch.zeros(4, dtype=torch.float64)
+
+    def keeps_going(column_sums):
+        errors = iterations._Errors(log_p, None, level=0.0, floor=0.0, settle=settle)
+        errors.measure(torch.tensor(column_sums, dtype=torch.float64), zero)
+        return errors.keep_going(1, tol=1e-6), errors
+
+    going, errors = keeps_going([0.255, 0.25, 0.25, 0.245])  # 0.5% of the mass off target
+    assert not going and errors.settled and errors.off_target == pytest.approx(0.005)
+    assert keeps_going([0.30, 0.25, 0.25, 0.20])[0]          # 5% off target
+    assert keeps_going([0.40, 0.25, 0.25, 0.10])[0]          # a column outside the band
+    no_sizes = iterations._Errors(log_p, None, level=0.0, floor=0.0)
+    no_sizes.measure(torch.tensor([0.26, 0.25, 0.25, 0.24], dtype=torch.float64), zero)
+    assert no_sizes.keep_going(1, tol=1e-6)                   # without sizes: on to tol
+
+
+def test_a_settled_solve_keeps_its_sizes_and_does_not_warn(small_warmup, monkeypatch):
     # Peaked logits at a high lam have a slow tail: the error creeps below 1e-3.
     z = peaked(6_000, 150, 50.0, 13)
     with warnings.catch_warnings():
         warnings.simplefilter("error")       # no ConvergenceWarning for a settled tail
         res = sinkhorn_knopp(z, lam=100.0, tol=1e-9, size_tolerance=0.5, max_iter=1000)
-    assert res.marginal_error <= 0.05 and not res.converged and res.n_iter < 1000
+    assert res.marginal_error <= 0.5 and not res.converged and res.n_iter < 1000
     sizes = np.bincount(res.labels, minlength=150)
     assert sizes.min() >= 0.5 * 40 and sizes.max() <= 1.5 * 40
+    # Stopped inside the band, the rounded labels are those of a plan solved much further.
+    monkeypatch.setattr(sinkhorn_module, "SETTLE_MASS", 0.0)   # only the slow-tail rule
+    further = sinkhorn_knopp(z, lam=100.0, tol=1e-9, size_tolerance=0.5, max_iter=1000)
+    assert further.marginal_error < res.marginal_error
+    assert np.mean(further.labels == res.labels) >= 0.95
     with pytest.warns(Warning, match="did not converge"):   # without sizes, no settling
         sinkhorn_knopp(z, lam=100.0, tol=1e-9, max_iter=300)
