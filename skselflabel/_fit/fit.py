@@ -15,6 +15,7 @@ from .._data.input_scaling import InputScaling, whitening_needs
 from .._data.sources import Feeder
 from .._runtime.allocation import memory_step, plan
 from .._runtime.failures import SharedFailures
+from .._runtime.heap import release_free_heap
 from .._runtime.memory import INT64, Need
 from .._runtime.processes import (Team, join_team, leader_warnings, process_device,
                                   training_device)
@@ -153,6 +154,7 @@ def _train(run, events):
                 graph = NeighborGraph.build(run.feeder, config.neighbor_features,
                                             config.n_neighbors, run.team,
                                             config.neighbor_recall)
+            release_free_heap()       # the search's buffers are not needed at that size again
         trainer, start_scores, outcome = (_best_start(run, graph, events) if run.n_starts > 1
                                           else (_trainer(run, graph, events), None, None))
         if run.checkpoint is not None:
