@@ -192,10 +192,10 @@ def _sweep_fn(W, v, u, r):
 
 @dataclass(frozen=True)
 class Settle:
-    """When a solve whose labels are rounded to sizes within ``+-band`` may stop before
-    ``tol``: its plan already has every column inside the band with at most ``mass`` of
-    all mass off target (the rounding then moves about as many labels as at ``tol``), or
-    its error is at most ``level`` and has not halved over ``window`` iterations (a slow
+    """When a solve whose labels are rounded to sizes may stop before ``tol``: its plan
+    already has at most ``mass`` of all mass off target with no column's relative error
+    above ``band`` (the rounding then moves about as many labels as at ``tol``), or its
+    error is at most ``level`` and has not halved over ``window`` iterations (a slow
     tail)."""
 
     band: float
@@ -280,7 +280,7 @@ def scaling_loop(problem, W, a, g, max_iter, source=None, source_row_max=None,
     shorten the climb; if the error still does not halve, the caller anneals ``lam``.
 
     With ``problem.settle`` (a :class:`Settle`), the loop also stops (``settled=True``) once
-    every column is inside the size band with little mass off target, or once the error
+    little mass is off target and no column is far off, or once the error
     is at most ``level`` and has not halved over ``window`` iterations: a slow tail that
     the caller's rounding to sizes makes moot.
     """

@@ -23,11 +23,12 @@ _WARMUP_ROWS_PER_CLUSTER = 8
 # When the full matrix follows, the warm-up only needs potentials that are roughly right.
 _WARM_TOL = 1e-2
 _WARM_MAX_ITER = 300
-# Labels rounded to sizes within a band of +-size_tolerance need marginals only inside it:
-# on the full matrix, the solve stops once every column is inside the band with at most
-# SETTLE_MASS of the mass off target, or in a slow tail below SETTLE_SHARE of the band that
-# does not halve its error over SETTLE_WINDOW iterations (the user guide's "Many clusters").
-SETTLE_MASS = 0.01
+# Labels rounded to sizes within a band of +-size_tolerance need marginals only roughly:
+# on the full matrix, the solve stops once at most SETTLE_MASS of the mass is off target
+# with no column off by more than SETTLE_BAND of its share (or the band, if wider), or in
+# a slow tail below SETTLE_SHARE of the band that does not halve its error over
+# SETTLE_WINDOW iterations (the user guide's "Many clusters").
+SETTLE_MASS, SETTLE_BAND = 0.01, 1.0
 SETTLE_SHARE, SETTLE_WINDOW = 0.1, 25
 # The float64 and int64 vectors a solve keeps per row (scalings, shifts, maxima, labels).
 _BYTES_PER_ROW = 6 * FLOAT64
@@ -157,9 +158,9 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         by the plan's confidence :math:`Q_{ik} / \sum_j Q_{ij}` (0: exactly the shares,
         rounded; 1 or more: no lower bound). On a matrix larger than the warm-up
         subsample, the solve also ends early once the plan is good enough for that
-        rounding: every column sum within ``size_tolerance`` of its share with at most 1%
-        of the mass off target, or a marginal error of at most ``size_tolerance / 10``
-        that has not halved over 25 iterations. The labels are then rounded there
+        rounding: at most 1% of the mass off target, with no column sum off by more than
+        its share (or ``size_tolerance`` times it, if larger), or a marginal error of at
+        most ``size_tolerance / 10`` that has not halved over 25 iterations. The labels are then rounded there
         (``converged`` is False, without a warning). Not available with ``reduce_fn``.
 
     Returns
@@ -289,7 +290,8 @@ def _solve(scores, settings):
         try:
             with memory_step("the Sinkhorn-Knopp iterations", needs):
                 settle = (None if size_tolerance is None
-                          else Settle(band=size_tolerance, mass=SETTLE_MASS,
+                          else Settle(band=max(SETTLE_BAND, size_tolerance),
+                                      mass=SETTLE_MASS,
                                       level=SETTLE_SHARE * size_tolerance,
                                       window=SETTLE_WINDOW))
                 res, row_max = _solve_blocks(problem, src, max_iter, copy,

@@ -109,7 +109,7 @@ def test_a_slow_tail_below_the_settle_level_stops():
 
 def test_a_plan_inside_the_size_band_with_little_mass_off_target_stops():
     log_p = torch.full((4,), -np.log(4.0), dtype=torch.float64)
-    settle = iterations.Settle(band=0.5, mass=0.01, level=0.05, window=25)
+    settle = iterations.Settle(band=1.0, mass=0.01, level=0.05, window=25)
     zero = torch.zeros(4, dtype=torch.float64)
 
     def keeps_going(column_sums):
@@ -120,7 +120,13 @@ def test_a_plan_inside_the_size_band_with_little_mass_off_target_stops():
     going, errors = keeps_going([0.255, 0.25, 0.25, 0.245])  # 0.5% of the mass off target
     assert not going and errors.settled and errors.off_target == pytest.approx(0.005)
     assert keeps_going([0.30, 0.25, 0.25, 0.20])[0]          # 5% off target
-    assert keeps_going([0.40, 0.25, 0.25, 0.10])[0]          # a column outside the band
+    # Little mass off target, but one of 200 columns at 2.5 times its share: on.
+    many = torch.full((200,), -np.log(200.0), dtype=torch.float64)
+    sums = torch.full((200,), (1 - 0.0125) / 199, dtype=torch.float64)
+    sums[0] = 0.0125
+    far = iterations._Errors(many, None, level=0.0, floor=0.0, settle=settle)
+    far.measure(sums, torch.zeros(200, dtype=torch.float64))
+    assert far.off_target <= 0.01 and far.err > 1.0 and far.keep_going(1, tol=1e-6)
     no_sizes = iterations._Errors(log_p, None, level=0.0, floor=0.0)
     no_sizes.measure(torch.tensor([0.26, 0.25, 0.25, 0.24], dtype=torch.float64), zero)
     assert no_sizes.keep_going(1, tol=1e-6)                   # without sizes: on to tol
@@ -132,7 +138,7 @@ def test_a_settled_solve_keeps_its_sizes_and_does_not_warn(small_warmup, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")       # no ConvergenceWarning for a settled tail
         res = sinkhorn_knopp(z, lam=100.0, tol=1e-9, size_tolerance=0.5, max_iter=1000)
-    assert res.marginal_error <= 0.5 and not res.converged and res.n_iter < 1000
+    assert res.marginal_error <= 1.0 and not res.converged and res.n_iter < 1000
     sizes = np.bincount(res.labels, minlength=150)
     assert sizes.min() >= 0.5 * 40 and sizes.max() <= 1.5 * 40
     # Stopped inside the band, the rounded labels are those of a plan solved much further.
