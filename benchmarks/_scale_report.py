@@ -123,6 +123,21 @@ def _memory_account(r):
              for m in r["phases"]]
     rows += ["", f"Still held after `fit` returned: "
              f"{r['kept_after_fit_bytes'] / 2**20:.0f} MiB."]
+    return rows + _memory_plan(r)
+
+
+def _memory_plan(r):
+    """The fit's own estimate, part by part, beside the measured growth."""
+    if not r.get("plan"):
+        return []
+    phases = [sum(part["bytes"] for part in phase) for phase in r["plan"]]
+    top = r["plan"][phases.index(max(phases))]
+    rows = ["", "The fit's own estimate (`check_fit_memory`, what it holds against the "
+            "memory limits), its largest phase part by part:", "",
+            "| part | estimated |", "|---|---|"]
+    rows += [f"| {part['what']} | {part['bytes'] / 2**20:.0f} MiB |" for part in top]
+    rows += [f"| total | {max(phases) / 2**20:.0f} MiB (measured growth at the peak: "
+             f"{r['anonymous_growth_bytes'] / 2**20:.0f} MiB) |"]
     return rows
 
 

@@ -110,6 +110,24 @@ def memory_marks(watch):
     return marks
 
 
+def memory_plan():
+    """The fit's own memory estimate (the phases of needs that ``check_fit_memory`` holds
+    against the limits), filled in when the fit plans it."""
+    from skselflabel._fit import fit
+
+    planned = []
+    plan = fit.plan
+
+    def kept(phases, device, task):
+        if task == "SelfLabelClusterer.fit" and not planned:
+            planned.extend([{"what": need.what, "bytes": int(need.nbytes)} for need in phase]
+                           for phase in phases)
+        return plan(phases, device, task)
+
+    fit.plan = kept
+    return planned
+
+
 def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -304,7 +322,7 @@ def case_memmap(quick):
         del X
         X = np.load(path, mmap_mode="r")
         with MemoryWatch("RssAnon") as anon:
-            marks = memory_marks(anon)
+            marks, planned = memory_marks(anon), memory_plan()
             tic = time.perf_counter()
             clu = SelfLabelClusterer(n_clusters=10, max_epochs=1, n_label_updates=1,
                                      random_state=0).fit(X)
@@ -312,7 +330,7 @@ def case_memmap(quick):
             kept = anon.read() - anon.start
         float32_copy = n * 28 * 28 * 4
     return {"n_samples": n, "fit_seconds": seconds, "anonymous_start_bytes": anon.start,
-            "phases": marks, "kept_after_fit_bytes": kept,
+            "phases": marks, "plan": planned, "kept_after_fit_bytes": kept,
             "anonymous_growth_bytes": anon.peak - anon.start,
             "float32_copy_bytes": float32_copy, "labels": int(len(clu.labels_))}
 
