@@ -58,6 +58,7 @@ def fit_model(estimator, X, y):
         fitted, outcome = _train(run, events)
     if outcome.interrupted is None and run.checkpoint is not None:
         run.checkpoint.remove()            # the fit is complete: nothing to resume
+    release_free_heap()      # the graph, logits and solver buffers are freed by now
     messages = []
     stop = outcome.interrupted
     if stop is not None and team.leader:
