@@ -40,7 +40,9 @@ NOT_MEASURED = {
     "1.3 x `n x n_clusters x 4` bytes": "memory formula of score (counted by the code)",
     "4.0 x": "memory formula before the change",
     "256 MiB": "a constant of the code",
-    "has not halved\nover 25 iterations": "a constant of the solver (SETTLE_WINDOW)",
+    "has not halved over 25 iterations": "a constant of the solver (SETTLE_WINDOW)",
+    "most 1% of the mass sits in the wrong columns": "a constant of the solver "
+                                                     "(SETTLE_MASS)",
     "costs about 1.6 times a fit": "arithmetic: four trials of a fifth of the epochs, then "
                                    "the remaining four fifths",
     "trains 2.4 times the epochs of one run instead of 1.6": "arithmetic: four trials of "
