@@ -160,8 +160,9 @@ def sinkhorn_knopp(scores, *, lam=25.0, prior=None, tol=1e-3, max_iter=1000, cop
         subsample, the solve also ends early once the plan is good enough for that
         rounding: at most 1% of the mass off target, with no column sum off by more than
         its share (or ``size_tolerance`` times it, if larger), or a marginal error of at
-        most ``size_tolerance / 10`` that has not halved over 25 iterations. The labels are then rounded there
-        (``converged`` is False, without a warning). Not available with ``reduce_fn``.
+        most ``size_tolerance / 10`` that has not halved over 25 iterations. The labels
+        are then rounded there (``converged`` is False, without a warning). Not
+        available with ``reduce_fn``.
 
     Returns
     -------
