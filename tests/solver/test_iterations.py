@@ -107,7 +107,7 @@ def test_a_slow_tail_below_the_settle_level_stops():
     assert _stops_at(errors(None), slow, tol=1e-3) is None
 
 
-def test_a_plan_inside_the_size_band_with_little_mass_off_target_stops():
+def test_a_plan_with_little_mass_off_target_and_no_far_column_stops():
     log_p = torch.full((4,), -np.log(4.0), dtype=torch.float64)
     settle = iterations.Settle(band=1.0, mass=0.01, level=0.05, window=25)
     zero = torch.zeros(4, dtype=torch.float64)
