@@ -141,12 +141,12 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         jitter for images, nothing for tables. A callable maps a float32 batch tensor (and
         a ``generator`` keyword, if it takes one) to a batch of the same shape.
 
-    whiten : bool, default=False
-        Softly whiten tables: along each principal axis of variance :math:`\lambda_i`
-        the centred input is scaled by :math:`1/\sqrt{\lambda_i + \bar\lambda}`
-        (:math:`\bar\lambda` the mean variance), bringing a dominant direction, such as
-        overall size in body measurements, down towards the mean (the user guide's "Input
-        scaling": it hurts where that direction separates the classes). Images: refused.
+    whiten : "auto" or bool, default="auto"
+        Tables (user guide, "Input scaling"): "auto" gives each clearly bimodal principal
+        axis the variance of the largest, so that a split hidden behind a dominant direction
+        (overall size in body measurements) counts; True scales axis :math:`i` of variance
+        :math:`\lambda_i` by :math:`(\lambda_i + \bar\lambda)^{-1/2}`, False only
+        centres and scales. Images: "auto" is False; True is refused.
 
     device : str or torch.device, default="auto"
         Where to train: "auto" is CUDA when available, else the CPU (where a fitted model
@@ -278,7 +278,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                               "array-like"],
         "diffusion_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "augment": [StrOptions({"auto", "none"}), callable, None],
-        "whiten": ["boolean"],
+        "whiten": ["boolean", StrOptions({"auto"})],
         "device": [str, torch.device],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "n_jobs": [Integral, None],
@@ -293,7 +293,7 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
                  assigner=None, max_epochs="auto", n_label_updates="auto", batch_size="auto",
                  optimizer="adam", lr="auto", momentum=0.9, weight_decay=1e-4,
                  n_neighbors="auto", neighbor_features="auto", neighbor_recall=NEIGHBOR_RECALL,
-                 neighbor_prob="auto", diffusion_steps="auto", augment="auto", whiten=False,
+                 neighbor_prob="auto", diffusion_steps="auto", augment="auto", whiten="auto",
                  device="auto", num_workers=0, n_jobs=None, random_state=None, verbose=0,
                  warm_start=False, checkpoint=None, sync_batch_norm=True):
         self.n_clusters = n_clusters

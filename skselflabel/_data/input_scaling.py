@@ -1,9 +1,21 @@
-"""Input scaling: centring, scaling and soft whitening fitted on the training data in one
-pass, applied to every batch on the device."""
+"""Input scaling: centring, scaling and (partial or soft) whitening fitted on the training
+data in streamed passes, applied to every batch on the device."""
+import math
+
 import numpy as np
 import torch
 
 from .._runtime.memory import Need
+
+# whiten="auto" (the user guide's "Input scaling"): a principal axis is clearly bimodal when
+# its excess kurtosis is below -BIMODAL_KURTOSIS (a mixture of two equal Gaussians about 2.6
+# standard deviations apart) and below KURTOSIS_ERRORS standard errors, sqrt(24 / n), of a
+# Gaussian sample's. Tables wider than AUTO_MAX_FEATURES skip it (d^2 covariance).
+BIMODAL_KURTOSIS = 0.8
+KURTOSIS_ERRORS = 2.0
+AUTO_MAX_FEATURES = 256
+# Axes with less variance than this share of the mean are left as they are (mostly rounding).
+NULL_VARIANCE = 1e-6
 
 
 class InputScaling:
@@ -11,27 +23,40 @@ class InputScaling:
     device.
 
     Tables are centred per column and share one scale (the root mean variance). With
-    ``whiten``, they are also softly whitened: along each principal axis of variance
-    :math:`\lambda_i`, the data are scaled by :math:`1 / \sqrt{\lambda_i + \bar\lambda}`
-    (:math:`\bar\lambda` the mean variance), so directions that dominate the variance are
-    brought down towards the mean and the others are kept; the user guide's "Input scaling"
-    says why. Images are standardised per channel.
+    ``whiten="auto"``, principal axes whose values are clearly bimodal are raised to the
+    variance of the largest axis (nothing changes where none is). With ``whiten=True``, they
+    are softly whitened: along each principal axis of variance :math:`\lambda_i`, the data
+    are scaled by :math:`1 / \sqrt{\lambda_i + \bar\lambda}` (:math:`\bar\lambda` the
+    mean variance), so directions that dominate the variance are brought down towards the
+    mean and the others are kept; the user guide's "Input scaling" says why. Images are
+    standardised per channel.
+
+    Attributes
+    ----------
+    n_lifted : int
+        Principal axes raised by ``whiten="auto"`` (0 otherwise).
     """
 
-    def __init__(self, mean, scale, transform=None):
+    def __init__(self, mean, scale, transform=None, n_lifted=0):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.scale = np.asarray(scale, dtype=np.float32)
         # (d, d) symmetric matrix that replaces the division by ``scale``, or None.
         self.transform = None if transform is None else np.asarray(transform, np.float32)
+        self.n_lifted = int(n_lifted)
         self._on = {}
 
     @classmethod
     def fit(cls, source, whiten=False):
-        """Statistics of a source, in one pass of float64 accumulators (no copy of X);
-        ``whiten`` (tables only) adds the soft whitening."""
+        """Statistics of a source, in streamed passes of float64 accumulators (no copy of
+        X); for tables, ``whiten`` "auto" lifts clearly bimodal principal axes and True
+        whitens softly (see :func:`whitens`)."""
+        if whitens(whiten, source.sample_shape):
+            return cls._lifting(source) if whiten == "auto" else cls._whitening(source)
+        return cls._plain(source)
+
+    @classmethod
+    def _plain(cls, source):
         image = len(source.sample_shape) == 3
-        if whiten and not image:
-            return cls._whitening(source)
         mean, var = _moments(source.raw_sequential(), (0, 2, 3) if image else (0,))
         mean, var = mean.numpy(), var.numpy()
         if image:
@@ -54,6 +79,30 @@ class InputScaling:
         gains /= np.sqrt(np.mean(variances * gains ** 2))
         return cls(mean, 1.0, (axes * gains) @ axes.T)
 
+    @classmethod
+    def _lifting(cls, source):
+        """Each principal axis whose values are clearly bimodal (see BIMODAL_KURTOSIS) takes
+        the variance of the largest axis; without one, the plain scaling."""
+        mean, cov, count = _mean_covariance(source.raw_sequential(), with_count=True)
+        variances, axes = np.linalg.eigh(cov)
+        variances = np.clip(variances, 0.0, None)
+        live = variances > NULL_VARIANCE * variances.mean()
+        lifted = np.zeros_like(live)
+        if live.any():
+            kurtosis = _excess_kurtosis(source.raw_sequential(), mean,
+                                        axes[:, live] / np.sqrt(variances[live]))
+            threshold = max(BIMODAL_KURTOSIS, KURTOSIS_ERRORS * math.sqrt(24.0 / count))
+            lifted[live] = kurtosis < -threshold
+        lifted &= variances < variances.max()     # the largest axis has its variance already
+        if not lifted.any():
+            return cls._plain(source)
+        target = np.where(lifted, variances.max(), variances)
+        gains = np.ones_like(variances)
+        gains[live] = np.sqrt(target[live] / variances[live])
+        # Rescaled so that the mean variance is 1, as with the plain scaling.
+        gains /= np.sqrt(target.mean())
+        return cls(mean, 1.0, (axes * gains) @ axes.T, n_lifted=int(lifted.sum()))
+
     def apply(self, t):
         """``(t - mean) @ transform``, or ``(t - mean) / scale`` without whitening, for a
         float32 batch on any device."""
@@ -68,20 +117,34 @@ class InputScaling:
         return (t - mean) / scale
 
     def __getstate__(self):
-        return {"mean": self.mean, "scale": self.scale, "transform": self.transform}
+        return {"mean": self.mean, "scale": self.scale, "transform": self.transform,
+                "n_lifted": self.n_lifted}
 
     def __setstate__(self, state):
-        # Models pickled before whitening existed have no "transform".
-        self.__init__(state["mean"], state["scale"], state.get("transform"))
+        # Models pickled before whitening (or lifting) existed lack those keys.
+        self.__init__(state["mean"], state["scale"], state.get("transform"),
+                      state.get("n_lifted", 0))
 
 
 def resolve_whiten(whiten, sample_shape):
-    """Whether a fit whitens its input: tables only (a ValueError for images)."""
+    """A fit's whitening: "auto", True or False for tables; images: False for "auto" and
+    False, a ValueError for True."""
     image = len(sample_shape) == 3
+    if isinstance(whiten, str):
+        return False if image else "auto"
     if whiten and image:
         raise ValueError("whiten=True applies to tables (n_samples, n_features); images are "
-                         "standardised per channel. Use whiten=False for images.")
+                         "standardised per channel. Use whiten=False (or \"auto\") for "
+                         "images.")
     return bool(whiten)
+
+
+def whitens(whiten, sample_shape):
+    """Whether fitting the scaling computes the covariance: tables with ``whiten=True``,
+    or "auto" with at most :data:`AUTO_MAX_FEATURES` columns."""
+    if len(sample_shape) != 1 or not whiten:
+        return False
+    return whiten is True or sample_shape[0] <= AUTO_MAX_FEATURES
 
 
 def whitening_needs(n_features):
@@ -90,9 +153,9 @@ def whitening_needs(n_features):
                  "n_features or whiten=False")]
 
 
-def _mean_covariance(batches):
+def _mean_covariance(batches, with_count=False):
     """Mean and (population) covariance of a stream of (rows, d) batches, merged batch by
-    batch in float64 like :func:`_moments`."""
+    batch in float64 like :func:`_moments` (and the number of rows, ``with_count``)."""
     count, mean, m2 = 0, None, None
     for batch in batches:
         b = batch.reshape(batch.shape[0], -1).to(torch.float64)
@@ -106,7 +169,20 @@ def _mean_covariance(batches):
         mean = mean + delta * (n / total)
         m2 = m2 + b_m2 + torch.outer(delta, delta) * (count * n / total)
         count = total
+    if with_count:
+        return mean.numpy(), (m2 / count).numpy(), count
     return mean.numpy(), (m2 / count).numpy()
+
+
+def _excess_kurtosis(batches, mean, projection):
+    """Excess kurtosis of the columns of ``(X - mean) @ projection`` (unit variance by
+    construction), over a stream of (rows, d) batches in float64."""
+    mean, projection = torch.from_numpy(mean), torch.from_numpy(projection)
+    count, fourth = 0, torch.zeros(projection.shape[1], dtype=torch.float64)
+    for batch in batches:
+        z = (batch.reshape(batch.shape[0], -1).to(torch.float64) - mean) @ projection
+        count, fourth = count + z.shape[0], fourth + (z ** 4).sum(0)
+    return (fourth / count).numpy() - 3.0
 
 
 def _moments(batches, dims):

@@ -82,7 +82,7 @@ class FitConfig:
     # The schedule, for this data.
     n_samples: int
     is_image: bool
-    whiten: bool                 # soft whitening of the input (tables)
+    whiten: object               # "auto", True (soft) or False: tables' whitening
     compare_sizes: bool          # also train with estimated sizes, keep the better
     batch_size: int
     steps_per_epoch: int
@@ -201,7 +201,7 @@ def resolve_config(params, n_samples, sample_shape, n_processes=1, device="cpu")
         momentum=params["momentum"], weight_decay=params["weight_decay"],
         sync_batch_norm=bool(params.get("sync_batch_norm", True)),
         n_samples=n_samples, is_image=is_image,
-        whiten=resolve_whiten(params.get("whiten", False), sample_shape),
+        whiten=resolve_whiten(params.get("whiten", "auto"), sample_shape),
         compare_sizes=compares_sizes(params, is_image), **schedule,
         assigner=checked_assigner(params["assigner"], params["n_clusters"]), **graph,
         augment=augment, random_state=params["random_state"],

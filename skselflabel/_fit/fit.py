@@ -11,7 +11,7 @@ from sklearn.utils import check_random_state
 
 from .._data.augment import draws_per_sample
 from .._data.checks import CheckedInput, check_cluster_count, check_fit_input
-from .._data.input_scaling import InputScaling, whitening_needs
+from .._data.input_scaling import InputScaling, whitening_needs, whitens
 from .._data.sources import Feeder
 from .._runtime.allocation import memory_step, plan
 from .._runtime.failures import SharedFailures
@@ -281,8 +281,9 @@ def initial_network(config, data, generator, previous=None, scaling=None):
         backbone, heads, width, n_out = build_network(
             config.backbone, data.sample_shape, config.n_clusters, config.n_heads, generator)
         if scaling is None:
+            covariance = whitens(config.whiten, data.sample_shape)
             with memory_step("fitting the input scaling", lambda: whitening_needs(
-                    data.sample_shape[0]) if config.whiten else []):
+                    data.sample_shape[0]) if covariance else []):
                 scaling = InputScaling.fit(data.source, whiten=config.whiten)
         network = FittedNetwork(backbone=backbone, heads=heads, head_width=width,
                                 n_features_out=n_out, scaling=scaling,

@@ -9,7 +9,8 @@ import torch
 
 from .._data.descriptors import gradient_histograms
 from .._runtime.interrupt import check_interrupt
-from .._runtime.memory import FLOAT32, INT64, Need, available
+from .._data.sources import READ_ROWS
+from .._runtime.memory import FLOAT32, FLOAT64, INT64, Need, available
 from .._runtime.processes import SOLO
 from ..metrics import drop_self, neighbor_agreement
 
@@ -440,7 +441,8 @@ def graph_needs(n, n_neighbors):
 def knn_needs(n, d, n_neighbors, recall=NEIGHBOR_RECALL, device="cpu"):
     """Building the graph of ``n`` points of width ``d`` on ``device``: the search (exact
     distance blocks, or the approximate index, as :func:`search_method` chooses), the
-    points (and the wide ones while they are projected in memory), and the graph."""
+    points (twice while their batches are joined, and the wide ones while they are
+    projected in memory), a batch of the neighbour space being read, and the graph."""
     width = min(d, MAX_DIM)
     wide = n * d * FLOAT32 if MAX_DIM < d and n * d * FLOAT32 <= IN_MEMORY_BYTES else 0
     lower = "n_samples, or n_neighbors=0 (no graph)"
@@ -448,7 +450,11 @@ def knn_needs(n, d, n_neighbors, recall=NEIGHBOR_RECALL, device="cpu"):
         search = Need("k-NN distance blocks", exact_bytes(n, width), lower)
     else:
         search = Need("k-NN index", ivf_bytes(n, width, n_neighbors), lower)
-    return [search, Need("k-NN points", wide + n * width * FLOAT32, "n_samples"),
+    # The batches are joined by torch.cat (list and result alive at once); a batch read
+    # for the principal axes is also held in float64.
+    return [search, Need("k-NN points", 2 * (wide + n * width * FLOAT32), "n_samples"),
+            Need("k-NN batch being read", min(n, READ_ROWS) * d * (FLOAT32 + FLOAT64),
+                 "n_neighbors=0 (no graph)"),
             *graph_needs(n, n_neighbors)]
 
 

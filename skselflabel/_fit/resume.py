@@ -226,7 +226,8 @@ class FitCheckpoint:
             "scaling": {"mean": torch.from_numpy(scaling.mean),
                         "scale": torch.from_numpy(scaling.scale),
                         "transform": (None if scaling.transform is None
-                                      else torch.from_numpy(scaling.transform))},
+                                      else torch.from_numpy(scaling.transform)),
+                        "n_lifted": scaling.n_lifted},
         }
 
     def remove(self):
@@ -250,7 +251,8 @@ class FitCheckpoint:
         transform = scaling.get("transform")
         return replace(network, scaling=InputScaling(
             scaling["mean"].numpy(), scaling["scale"].numpy(),
-            None if transform is None else transform.numpy()), history=history)
+            None if transform is None else transform.numpy(), scaling.get("n_lifted", 0)),
+            history=history)
 
     def restore_training(self, trainer, labels, history):
         """Continue ``trainer`` (its ``labels`` and ``history``) where the saved state left

@@ -61,11 +61,56 @@ def test_constant_table_whitens_to_zeros_without_nan():
     assert torch.equal(t, torch.zeros_like(t))
 
 
+def _size_and_shape_table(rng, n=600):
+    """A dominant Gaussian direction (variance 25) beside a minor bimodal one (two groups
+    at +-0.5, each of standard deviation 0.15), rotated by 45 degrees."""
+    size = rng.standard_normal(n) * 5.0
+    shape = np.where(rng.random(n) < 0.5, -0.5, 0.5) + rng.standard_normal(n) * 0.15
+    rotation = np.array([[1.0, 1.0], [-1.0, 1.0]]) / np.sqrt(2.0)
+    return (np.c_[size, shape] @ rotation).astype(np.float32), rotation
+
+
+def test_auto_lifts_a_bimodal_minor_axis_to_the_variance_of_the_largest():
+    rng = np.random.default_rng(0)
+    X, rotation = _size_and_shape_table(rng)
+    scaling = InputScaling.fit(ArraySource(X), whiten="auto")
+    assert scaling.n_lifted == 1
+    t = scaling.apply(torch.from_numpy(X)).double().numpy()
+    variances = np.var(t @ rotation.T, axis=0)      # size, shape
+    np.testing.assert_allclose(variances, [1.0, 1.0], rtol=1e-3)
+    np.testing.assert_allclose(t.mean(0), 0.0, atol=1e-5)
+    # The two groups now lie far apart along the shape axis (before: 1 size sd apart / 5).
+    group = (X.astype(np.float64) @ rotation.T)[:, 1] > 0
+    shape = (t @ rotation.T)[:, 1]
+    assert shape[group].mean() - shape[~group].mean() > 1.8
+
+
+def test_auto_keeps_the_plain_scaling_without_a_bimodal_axis():
+    rng = np.random.default_rng(1)
+    X = (rng.standard_normal((300, 4)) * [3.0, 1.0, 0.5, 0.1]).astype(np.float32)
+    X[:, 1] = np.where(X[:, 0] > 0, 2.0, -2.0) + X[:, 1] * 0.1   # bimodal, but the largest
+    X[:, 0] *= 0.1
+    for table in (X, rng.standard_normal((40, 3)).astype(np.float32)):
+        scaling = InputScaling.fit(ArraySource(table), whiten="auto")
+        plain = InputScaling.fit(ArraySource(table), whiten=False)
+        assert scaling.n_lifted == 0 and scaling.transform is None
+        batch = torch.from_numpy(table)
+        assert torch.equal(scaling.apply(batch), plain.apply(batch))   # bit for bit
+
+
+def test_auto_skips_tables_wider_than_its_limit_and_images():
+    from skselflabel._data.input_scaling import AUTO_MAX_FEATURES, whitens
+    assert whitens("auto", (AUTO_MAX_FEATURES,)) and not whitens("auto", (AUTO_MAX_FEATURES + 1,))
+    assert whitens(True, (AUTO_MAX_FEATURES + 1,)) and not whitens(False, (3,))
+    assert not whitens("auto", (1, 8, 8))
+
+
 def test_whiten_is_for_tables_and_refuses_images():
     import pytest
     from skselflabel._data.input_scaling import resolve_whiten
     assert resolve_whiten(True, (5000,)) is True and resolve_whiten(False, (4,)) is False
     assert resolve_whiten(False, (1, 8, 8)) is False
+    assert resolve_whiten("auto", (1, 8, 8)) is False and resolve_whiten("auto", (4,)) == "auto"
     with pytest.raises(ValueError, match="whiten=True applies to tables"):
         resolve_whiten(True, (1, 8, 8))
 
@@ -75,5 +120,5 @@ def test_scaling_pickled_before_whitening_existed_loads_without_a_transform():
     old = InputScaling.__new__(InputScaling)
     old.__setstate__({"mean": np.zeros(2, np.float32), "scale": np.float32(2.0)})
     loaded = pickle.loads(pickle.dumps(old))
-    assert loaded.transform is None
+    assert loaded.transform is None and loaded.n_lifted == 0
     torch.testing.assert_close(loaded.apply(torch.ones(1, 2)), torch.full((1, 2), 0.5))

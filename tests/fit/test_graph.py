@@ -220,3 +220,15 @@ def test_without_faiss_the_search_stays_exact_and_says_so(monkeypatch):
         nearest_neighbors(points, 5, recall=1.0)
     with pytest.raises(ImportError, match="faiss"):
         nearest_neighbors(points, 5, method="ivf")
+
+
+def test_graph_estimate_counts_the_joined_points_and_the_batch_being_read():
+    from skselflabel._data.sources import READ_ROWS
+    # 28 x 28 images give 1,521 gradient-histogram values: projected on 64 axes, streamed
+    # at 300,000 rows, in memory at 20,000 (the wide points then count too).
+    for n, wide in ((300_000, 0), (20_000, 20_000 * 1521 * 4)):
+        needs = {need.what: need.nbytes for need in knn_needs(n, 1521, 10, recall=1.0)}
+        assert needs["k-NN points"] == 2 * (wide + n * 64 * 4)
+        assert needs["k-NN batch being read"] == READ_ROWS * 1521 * (4 + 8)
+    tiny = {need.what: need.nbytes for need in knn_needs(100, 5, 3)}
+    assert tiny["k-NN batch being read"] == 100 * 5 * 12
