@@ -16,6 +16,9 @@ KURTOSIS_ERRORS = 2.0
 AUTO_MAX_FEATURES = 256
 # Axes with less variance than this share of the mean are left as they are (mostly rounding).
 NULL_VARIANCE = 1e-6
+# A column with at most this many values among the first rows read is a code, a year or a
+# flag: "auto" leaves it out of the test.
+DISCRETE_VALUES = 10
 
 
 class InputScaling:
@@ -81,16 +84,22 @@ class InputScaling:
 
     @classmethod
     def _lifting(cls, source):
-        """Each principal axis whose values are clearly bimodal (see BIMODAL_KURTOSIS) takes
-        the variance of the largest axis; without one, the plain scaling."""
+        """Each principal axis of the continuous columns whose values are clearly bimodal
+        (see BIMODAL_KURTOSIS) takes the variance of their largest axis; without one, the
+        plain scaling. Columns of few values (codes, years, flags) are left out: their
+        groups are there by construction and say nothing of hidden ones."""
+        continuous = ~_discrete_columns(source)
+        if continuous.sum() < 2:
+            return cls._plain(source)
         mean, cov, count = _mean_covariance(source.raw_sequential(), with_count=True)
-        variances, axes = np.linalg.eigh(cov)
+        variances, axes = np.linalg.eigh(cov[np.ix_(continuous, continuous)])
         variances = np.clip(variances, 0.0, None)
         live = variances > NULL_VARIANCE * variances.mean()
         lifted = np.zeros_like(live)
         if live.any():
-            kurtosis = _excess_kurtosis(source.raw_sequential(), mean,
-                                        axes[:, live] / np.sqrt(variances[live]))
+            projection = np.zeros((len(mean), int(live.sum())))
+            projection[continuous] = axes[:, live] / np.sqrt(variances[live])
+            kurtosis = _excess_kurtosis(source.raw_sequential(), mean, projection)
             threshold = max(BIMODAL_KURTOSIS, KURTOSIS_ERRORS * math.sqrt(24.0 / count))
             lifted[live] = kurtosis < -threshold
         lifted &= variances < variances.max()     # the largest axis has its variance already
@@ -99,9 +108,12 @@ class InputScaling:
         target = np.where(lifted, variances.max(), variances)
         gains = np.ones_like(variances)
         gains[live] = np.sqrt(target[live] / variances[live])
+        transform = np.eye(len(mean))
+        transform[np.ix_(continuous, continuous)] = (axes * gains) @ axes.T
         # Rescaled so that the mean variance is 1, as with the plain scaling.
-        gains /= np.sqrt(target.mean())
-        return cls(mean, 1.0, (axes * gains) @ axes.T, n_lifted=int(lifted.sum()))
+        total = target.sum() + np.diag(cov)[~continuous].sum()
+        transform /= np.sqrt(total / len(mean))
+        return cls(mean, 1.0, transform, n_lifted=int(lifted.sum()))
 
     def apply(self, t):
         """``(t - mean) @ transform``, or ``(t - mean) / scale`` without whitening, for a
@@ -172,6 +184,14 @@ def _mean_covariance(batches, with_count=False):
     if with_count:
         return mean.numpy(), (m2 / count).numpy(), count
     return mean.numpy(), (m2 / count).numpy()
+
+
+def _discrete_columns(source):
+    """Columns with at most :data:`DISCRETE_VALUES` distinct values in the first batch of
+    rows read (bool array of length n_features)."""
+    first = next(iter(source.raw_sequential()))
+    first = first.reshape(first.shape[0], -1)
+    return np.array([len(torch.unique(column)) <= DISCRETE_VALUES for column in first.T])
 
 
 def _excess_kurtosis(batches, mean, projection):

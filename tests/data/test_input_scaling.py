@@ -98,6 +98,25 @@ def test_auto_keeps_the_plain_scaling_without_a_bimodal_axis():
         assert torch.equal(scaling.apply(batch), plain.apply(batch))   # bit for bit
 
 
+def test_auto_leaves_codes_years_and_flags_out_of_the_test():
+    rng = np.random.default_rng(2)
+    X, _ = _size_and_shape_table(rng)
+    n = len(X)
+    # A 0/1 flag and a year of three values are bimodal (or flat) by construction.
+    flag = (rng.random(n) < 0.5).astype(np.float32)
+    year = rng.integers(2007, 2010, n).astype(np.float32)
+    coded = np.c_[X, flag, year - 2008.0]
+    scaling = InputScaling.fit(ArraySource(coded), whiten="auto")
+    assert scaling.n_lifted == 1                     # the shape axis only
+    t = scaling.apply(torch.from_numpy(coded)).double().numpy()
+    # The coded columns keep their share of the variance beside the measurements.
+    np.testing.assert_allclose(np.var(t, axis=0)[2:] / np.var(t, axis=0)[:2].sum(),
+                               np.var(coded, axis=0)[2:] / 50.0, rtol=0.1)
+    assert abs(np.var(t, axis=0).sum() / 4 - 1.0) < 1e-3
+    codes_only = np.c_[flag, year, flag * year].astype(np.float32)
+    assert InputScaling.fit(ArraySource(codes_only), whiten="auto").transform is None
+
+
 def test_auto_skips_tables_wider_than_its_limit_and_images():
     from skselflabel._data.input_scaling import AUTO_MAX_FEATURES, whitens
     assert whitens("auto", (AUTO_MAX_FEATURES,)) and not whitens("auto", (AUTO_MAX_FEATURES + 1,))
