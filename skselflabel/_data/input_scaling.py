@@ -91,7 +91,7 @@ class InputScaling:
         continuous = ~_discrete_columns(source)
         if continuous.sum() < 2:
             return cls._plain(source)
-        mean, cov, count = _mean_covariance(source.raw_sequential(), with_count=True)
+        mean, cov = _mean_covariance(source.raw_sequential())
         variances, axes = np.linalg.eigh(cov[np.ix_(continuous, continuous)])
         variances = np.clip(variances, 0.0, None)
         live = variances > NULL_VARIANCE * variances.mean()
@@ -100,7 +100,8 @@ class InputScaling:
             projection = np.zeros((len(mean), int(live.sum())))
             projection[continuous] = axes[:, live] / np.sqrt(variances[live])
             kurtosis = _excess_kurtosis(source.raw_sequential(), mean, projection)
-            threshold = max(BIMODAL_KURTOSIS, KURTOSIS_ERRORS * math.sqrt(24.0 / count))
+            error = math.sqrt(24.0 / source.n_samples)    # a Gaussian sample's kurtosis
+            threshold = max(BIMODAL_KURTOSIS, KURTOSIS_ERRORS * error)
             lifted[live] = kurtosis < -threshold
         lifted &= variances < variances.max()     # the largest axis has its variance already
         if not lifted.any():
@@ -165,9 +166,9 @@ def whitening_needs(n_features):
                  "n_features or whiten=False")]
 
 
-def _mean_covariance(batches, with_count=False):
+def _mean_covariance(batches):
     """Mean and (population) covariance of a stream of (rows, d) batches, merged batch by
-    batch in float64 like :func:`_moments` (and the number of rows, ``with_count``)."""
+    batch in float64 like :func:`_moments`."""
     count, mean, m2 = 0, None, None
     for batch in batches:
         b = batch.reshape(batch.shape[0], -1).to(torch.float64)
@@ -181,8 +182,6 @@ def _mean_covariance(batches, with_count=False):
         mean = mean + delta * (n / total)
         m2 = m2 + b_m2 + torch.outer(delta, delta) * (count * n / total)
         count = total
-    if with_count:
-        return mean.numpy(), (m2 / count).numpy(), count
     return mean.numpy(), (m2 / count).numpy()
 
 
