@@ -9,7 +9,7 @@ from skselflabel._fit.config import resolve_config
 from skselflabel._fit.events import EventStream, FitListener, HistoryRecorder, empty_history
 from skselflabel._fit.state import FittedNetwork
 from skselflabel._fit.training import (Generators, Trainer, cosine_schedule,
-                                       label_update_steps)
+                                       label_update_steps, make_optimizer)
 from feeding import feeder_of
 
 
@@ -130,6 +130,30 @@ def test_the_optimizer_follows_the_config():
     assert (group["momentum"], group["weight_decay"]) == (0.5, 0.25)
     trainer, *_ = _trainer(optimizer="adamw")
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_the_optimizer_takes_the_fused_kernel_and_falls_back_without_it(name, monkeypatch):
+    module = nn.Linear(3, 2)
+    optimizer = make_optimizer(name, [module], 0.1, 0.9, 0.0)
+    assert optimizer.defaults["fused"] is True
+    # A torch without the kernel for these parameters refuses fused=True when built.
+    cls = type(optimizer)
+
+    class NoFusedKernel(cls):
+        def __init__(self, params, **kwargs):
+            if kwargs.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be floating "
+                                   "point Tensors of supported devices")
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, cls.__name__, NoFusedKernel)
+    fallback = make_optimizer(name, [module], 0.1, 0.9, 0.0)
+    assert isinstance(fallback, NoFusedKernel) and not fallback.defaults["fused"]
+    module.weight.grad = torch.ones_like(module.weight)
+    before = module.weight.detach().clone()
+    fallback.step()
+    assert not torch.equal(module.weight, before)
 
 
 def test_the_checkpoint_is_handed_the_state_it_writes():
