@@ -295,6 +295,12 @@ def test_images_3d_and_4d_use_the_cnn(images):
     np.testing.assert_array_equal(a.labels_, b.labels_)
     assert a.transform(images).shape == (48, 1408)     # SmallCNN.represent: pooled conv maps
     assert a.predict(images[:, None]).shape == (48,)  # 3-D fit accepts (n, 1, h, w)
+    # On the CPU the CNN runs channels-last (oneDNN's fast layout), also once unpickled.
+    conv = a.backbone_.block2[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    back = pickle.loads(pickle.dumps(a))
+    assert back.backbone_.block2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(back.transform(images), a.transform(images))
     with pytest.raises(ValueError, match="fitted on samples of shape"):
         a.predict(np.zeros((2, 9, 8), dtype=np.float32))
 

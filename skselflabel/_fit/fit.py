@@ -20,7 +20,7 @@ from .._runtime.memory import INT64, Need
 from .._runtime.processes import (Team, join_team, leader_warnings, process_device,
                                   training_device)
 from .agreement import check_agreement
-from .backbones import build_network
+from .backbones import build_network, place_backbone
 from .config import AUTO_NEIGHBORS, FitConfig, resolve_config
 from .events import HistoryRecorder, empty_history, fit_events, trial_events
 from .graph import NEIGHBOR_RECALL, NeighborGraph, knn_needs, neighbor_width
@@ -288,7 +288,7 @@ def initial_network(config, data, generator, previous=None, scaling=None):
         network = FittedNetwork(backbone=backbone, heads=heads, head_width=width,
                                 n_features_out=n_out, scaling=scaling,
                                 history=empty_history(), sample_shape=data.sample_shape)
-    network.backbone.to(config.device)
+    place_backbone(network.backbone, config.device)
     network.heads.to(config.device)
     return network
 

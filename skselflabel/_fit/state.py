@@ -14,6 +14,7 @@ from .._data.checks import check_predict_input
 from .._data.sources import Feeder
 from .._runtime.allocation import record
 from .._runtime.processes import inference_device
+from .backbones import place_backbone
 
 # Everything fit sets: replaced together when a fit commits, never one by one.
 FITTED = ("labels_", "self_labels_", "cluster_sizes_", "n_iter_", "history_", "backbone_",
@@ -144,7 +145,7 @@ def place_modules(estimator):
     so that inference never moves them."""
     if hasattr(estimator, "labels_"):
         device = inference_device(estimator._device)
-        estimator.backbone_.to(device).eval()
+        place_backbone(estimator.backbone_, device).eval()
         estimator.heads_.to(device).eval()
 
 

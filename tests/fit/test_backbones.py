@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from skselflabel._fit.backbones import (MLP, SmallCNN, build_network, init_parameters_,
-                                   resolve_backbone)
+                                        place_backbone, resolve_backbone)
 
 
 def _gen(seed=0):
@@ -90,3 +90,26 @@ def test_build_network_gives_heads_of_the_cluster_count_on_the_backbone_width():
     assert all(torch.equal(a.weight, b.weight) for a, b in zip(heads, again))
     _, _, width, n_out = build_network(nn.Linear(4, 6), (4,), 2, 1, _gen())
     assert width == n_out == 6                             # no represent(): the output
+
+
+def _conv_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_the_small_cnn_runs_channels_last_on_the_cpu_with_the_same_outputs():
+    net = SmallCNN(1, (8, 8)).eval()
+    x = torch.randn(5, 1, 8, 8, generator=_gen())
+    with torch.no_grad():
+        before = net(x), net.represent(x)
+    place_backbone(net, "cpu")
+    # (with one input channel both layouts have the same strides)
+    assert all(w.is_contiguous(memory_format=torch.channels_last)
+               and (w.shape[1] == 1 or not w.is_contiguous()) for w in _conv_weights(net))
+    with torch.no_grad():
+        after = net(x), net.represent(x)
+    for b, a in zip(before, after):   # the same function, summed in another order
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # A user's module keeps its layout: its code may rely on it (view on a conv output).
+    user = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    place_backbone(user, torch.device("cpu"))
+    assert user[0].weight.is_contiguous()
