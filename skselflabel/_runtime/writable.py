@@ -11,7 +11,13 @@ def is_writable(tensor):
     segmentation fault. On Linux the process's own memory map says; on other POSIX
     systems the kernel is asked page by page (:func:`_probe_pages`); elsewhere (Windows)
     the memory is taken as writable.
+
+    Memory torch allocated itself (a resizable storage: ``torch.empty``, a network's
+    outputs, shared memory) is writable: reading the process's map, which torch's many
+    libraries make long, would cost more than a small self-label step.
     """
+    if tensor.untyped_storage().resizable():
+        return True
     start = tensor.data_ptr()
     stop = start + tensor.numel() * tensor.element_size()
     if stop <= start:

@@ -3,6 +3,7 @@ import mmap
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from skselflabel._runtime import writable
@@ -41,3 +42,16 @@ def test_memory_map_parser(tmp_path):
     assert writable._mapped_writable(0x4800, 0x4900, str(maps)) is False    # read-only
     assert writable._mapped_writable(0x5800, 0x7000, str(maps)) is False    # runs off the end
     assert writable._mapped_writable(0, 1, str(tmp_path / "none")) is None
+
+
+def test_memory_torch_allocated_is_writable_without_reading_the_maps(monkeypatch):
+    def unread(*args):
+        raise AssertionError("the process map was read")
+
+    monkeypatch.setattr(writable, "_mapped_writable", unread)
+    monkeypatch.setattr(writable, "_probe_pages", unread)
+    assert is_writable(torch.zeros(4, 3)[1:])
+    assert is_writable(torch.zeros(5).share_memory_())
+    # An array's memory is not torch's: it is still looked up.
+    with pytest.raises(AssertionError, match="process map"):
+        is_writable(torch.from_numpy(np.zeros(3)))
