@@ -95,3 +95,21 @@ def test_the_errors_page_shows_the_message_the_estimator_gives(monkeypatch):
     with pytest.raises(MemoryError) as caught:
         SelfLabelClusterer(n_clusters=3000, n_heads=10, device="cpu").fit(X)
     assert " ".join(quoted.split()) == " ".join(str(caught.value).split())
+
+
+def test_small_steps_do_not_read_the_machine_limits(monkeypatch):
+    from skselflabel._runtime import limits
+    from skselflabel._runtime.memory import UNCHECKED_BELOW
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the machine's limits were read")
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(limits, "limits", unread)
+    require([[Need("small", UNCHECKED_BELOW - 1)]], "cpu", "the task")
+    with pytest.raises(AssertionError, match="limits were read"):
+        require([[Need("large", UNCHECKED_BELOW)]], "cpu", "the task")
+    monkeypatch.undo()
+    monkeypatch.setenv(ENV, "1KiB")                  # an explicit limit always applies
+    with pytest.raises(MemoryError, match="1.0 KiB is available"):
+        require([[Need("small", 2048)]], "cpu", "the task")
