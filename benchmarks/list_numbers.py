@@ -40,6 +40,7 @@ NOT_MEASURED = {
     "1.3 x `n x n_clusters x 4` bytes": "memory formula of score (counted by the code)",
     "4.0 x": "memory formula before the change",
     "256 MiB": "a constant of the code",
+    "less than 16 MiB": "a constant of the code (UNCHECKED_BELOW)",
     "has not halved over 25 iterations": "a constant of the solver (SETTLE_WINDOW)",
     "most 1% of the mass sits in the wrong columns": "a constant of the solver "
                                                      "(SETTLE_MASS)",
