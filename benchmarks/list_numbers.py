@@ -41,6 +41,9 @@ NOT_MEASURED = {
     "4.0 x": "memory formula before the change",
     "256 MiB": "a constant of the code",
     "less than 16 MiB": "a constant of the code (UNCHECKED_BELOW)",
+    "for at most 100,000 rows and 10 million rows times": "constants of the code "
+                                                         "(KMEANS_MAX_SAMPLES, _CELLS)",
+    "at most 100,000 rows and 10 million rows": "constants of the code (KMEANS_MAX_*)",
     "has not halved over 25 iterations": "a constant of the solver (SETTLE_WINDOW)",
     "most 1% of the mass sits in the wrong columns": "a constant of the solver "
                                                      "(SETTLE_MASS)",

@@ -312,8 +312,8 @@ def trial_events(history, start, n_starts, verbose=0, leader=True):
     return EventStream([history] + ([ProgressReporter(desc)] if verbose and leader else []))
 
 
-def twin_events(history, verbose=0, leader=True):
-    """The event stream of the twin that estimates the cluster sizes (``size_choice``): its
-    own ``history`` and, with ``verbose``, a progress bar named after it."""
-    desc = "SelfLabelClusterer estimated sizes"
+def twin_events(history, verbose=0, leader=True, desc="SelfLabelClusterer estimated sizes"):
+    """The event stream of the twin that estimates the cluster sizes (``size_choice``), or
+    of another run beside the fit's (``desc``): its own ``history`` and, with ``verbose``,
+    a progress bar named after it."""
     return EventStream([history] + ([ProgressReporter(desc)] if verbose and leader else []))

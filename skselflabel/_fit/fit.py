@@ -25,6 +25,7 @@ from .config import AUTO_NEIGHBORS, FitConfig, resolve_config
 from .events import HistoryRecorder, empty_history, fit_events, trial_events
 from .graph import NEIGHBOR_RECALL, NeighborGraph, knn_needs, neighbor_width
 from .inference import first_head_labels
+from .kmeans_choice import keep_better_partition, offers_kmeans
 from .labelling import NonFiniteOutput, SelfLabeller, label_step_needs
 from .resume import FitCheckpoint, open_checkpoint
 from .size_choice import fork
@@ -174,13 +175,19 @@ def _train(run, events):
                 config.max_epochs):
             trainer, outcome, size_scores = _keep_better_sizes(run, graph, trainer, outcome,
                                                                twin)
+        kmeans_scores = None
+        if offers_kmeans(run) and outcome.interrupted is None and trainer.epoch == (
+                config.max_epochs):
+            trainer, outcome, kmeans_scores = keep_better_partition(
+                run, _judge(run, graph), trainer, outcome)
     labeller = trainer.labeller
     network = replace(run.network, history=run.history.frame(run.network.history))
     fitted = run.fitted(network, first_head_labels(network, run.feeder, run.team),
                          self_labels=run.labels.cpu().numpy(), n_iter=outcome.epochs,
                          cluster_sizes=labeller.sizes(config.n_clusters),
                          sizes_estimated=labeller.estimates_sizes(),
-                         start_scores=start_scores, size_scores=size_scores)
+                         start_scores=start_scores, size_scores=size_scores,
+                         kmeans_scores=kmeans_scores)
     return fitted, outcome
 
 

@@ -20,7 +20,7 @@ from .backbones import place_backbone
 FITTED = ("labels_", "self_labels_", "cluster_sizes_", "n_iter_", "history_", "backbone_",
           "heads_", "n_features_in_", "feature_names_in_", "_sample_shape", "_scaling",
           "_device", "_head_width", "_n_features_out", "start_agreement_",
-          "sizes_estimated_", "size_agreement_")
+          "sizes_estimated_", "size_agreement_", "kmeans_agreement_")
 # Layout of the pickled state; a pickle of another layout is refused with a clear message.
 STATE_VERSION = 2
 # Where classes of a fitted model lived before the package had folders: pickles of state
@@ -60,6 +60,7 @@ class FittedModel:
     start_scores: np.ndarray = None   # the agreement of every start's trial (n_init > 1)
     sizes_estimated: bool = None      # whether cluster_sizes were estimated from the data
     size_scores: np.ndarray = None    # the agreement of equal and estimated sizes
+    kmeans_scores: np.ndarray = None  # the agreement of the fit's partition and KMeans's
 
     def attributes(self):
         """The estimator's fitted attributes."""
@@ -73,7 +74,8 @@ class FittedModel:
                      feature_names_in_=self.feature_names_in,
                      start_agreement_=self.start_scores,
                      sizes_estimated_=self.sizes_estimated,
-                     size_agreement_=self.size_scores)
+                     size_agreement_=self.size_scores,
+                     kmeans_agreement_=self.kmeans_scores)
         return {name: value for name, value in found.items() if value is not None}
 
 

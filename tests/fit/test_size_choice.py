@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from skselflabel import SelfLabelClusterer, SinkhornAssigner
-from skselflabel._fit import graph
+from skselflabel._fit import graph, kmeans_choice
 from skselflabel._fit.config import default_assigner
 
 KW = dict(n_clusters=3, max_epochs=5, random_state=0)
@@ -16,6 +16,12 @@ def unequal():
     blobs = [rng.normal(c, 0.6, size=(n, 4)) for c, n in ((0.0, 150), (4.0, 60),
                                                           (-4.0, 30))]
     return np.concatenate(blobs).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def no_kmeans(monkeypatch):
+    # The twin on its own: KMeans as a candidate has tests of its own.
+    monkeypatch.setattr(kmeans_choice, "KMEANS_MAX_SAMPLES", 0)
 
 
 def _explicit(prior):
