@@ -6,7 +6,8 @@ Each table's feature columns are standardised; its class column is never given t
 clusterer. scikit-learn's tables stand for real tables the four were not chosen from; the
 digits table (ten classes of nearly equal size) checks that balanced data keep their
 quality. SelfLabelClusterer runs at its defaults (clearly bimodal principal axes lifted;
-equal or estimated cluster sizes, whichever agrees better with the neighbour graph), with
+equal or estimated cluster sizes, or KMeans's partition, whichever agrees best with the
+neighbour graph), with
 ``whiten=False`` (the plain scaling, the default before), with ``whiten=True`` (soft
 whitening), and with ``assigner__prior="auto"`` (sizes estimated, no comparison), seeds 0
 to 2; the other methods once.
@@ -107,7 +108,9 @@ def render(load):
         quick_banner(r) + source(r, "tables"), "",
         "The four tables of `skselflabel.datasets.load_table`, then scikit-learn's iris, wine, "
         "breast cancer and digits tables; feature columns standardised; NMI against the "
-        "class column. SelfLabelClusterer at its defaults (`whiten=\"auto\"`), with "
+        "class column. SelfLabelClusterer at its defaults (`whiten=\"auto\"`; equal or "
+        "estimated sizes, or KMeans's partition, whichever agrees best with the neighbour "
+        "graph), with "
         "`whiten=False` (the default before), with `whiten=True`, and with "
         "`assigner__prior=\"auto\"`, every other parameter at its default"
         f"{', ' + budget(r['settings']['budget']) if r['settings']['budget'] else ''}"
