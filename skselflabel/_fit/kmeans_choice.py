@@ -64,9 +64,9 @@ def kmeans_labels(run):
 def keep_better_partition(run, judge, trainer, outcome):
     """Keep the fit's partition or KMeans's, whichever agrees better with the ``judge``
     graph. When KMeans's wins, the first head's self-labels become its labels (the other
-    heads keep their last ones, of equal sizes) and the network
-    trains ``DISTILL_EPOCHS`` more epochs on them (a fresh optimiser and schedule), its
-    epochs added to the fit's history (with ``verbose``, under a bar of their own).
+    heads keep their last ones, of equal sizes) and the network trains ``DISTILL_EPOCHS``
+    more epochs on them (a fresh optimiser and schedule), its epochs added to the fit's
+    history (with ``verbose``, under a bar of their own).
 
     Returns the trainer whose labeller reports the sizes, the outcome (its epochs
     counting the distillation) and both agreements (the fit's, KMeans's).
