@@ -79,8 +79,7 @@ def keep_better_partition(run, judge, trainer, outcome):
         return trainer, outcome, scores
     run.labels[0] = candidate
     shares = np.bincount(candidate.cpu().numpy(), minlength=config.n_clusters)
-    distill = replace(config, max_epochs=DISTILL_EPOCHS, n_label_updates=1, n_init=1,
-                      trial_epochs=1)
+    distill = replace(config, max_epochs=DISTILL_EPOCHS, n_label_updates=1)
     distiller = Trainer(run.network, distill, FixedLabels(trainer.graph, shares / shares.sum()),
                         run.generators, twin_events(run.history, config.verbose,
                                                     run.team.leader, desc=DISTILL_DESC),
