@@ -62,9 +62,9 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         Number of clusters of every head; the first head is behind :meth:`predict`.
 
     n_init : int or "auto", default="auto"
-        Starts compared by a trial of a fifth of the epochs (at least one, and always
-        fewer than ``max_epochs``); the best continues. A fit costs about
-        ``1 + (n_init - 1) / 5`` fits of one start (tables: 4/5 more for the twin of
+        Starts compared by a trial of a fifth of the epochs (at least one, always fewer
+        than ``max_epochs``); the best continues. A fit costs about ``1 + (n_init - 1) / 5``
+        fits of one start (the default assigner: 4/5 more for the twin of
         ``size_agreement_``). "auto" is 4, or 1 below 5 epochs, a warm start or a resume.
 
     n_heads : int, default=1
@@ -83,8 +83,8 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
         ``lam`` sets how closely labels follow the network, its ``prior`` the cluster
         proportions of the first head (other heads: equal), its ``size_tolerance`` how far
         cluster sizes may stray from them. None is ``SinkhornAssigner(lam=10.0,
-        tol=0.01, size_tolerance=0.5)``, which on tables also tries ``prior="auto"``
-        (``size_agreement_``) and KMeans (``kmeans_agreement_``); an explicit assigner,
+        tol=0.01, size_tolerance=0.5)``, which also tries ``prior="auto"``
+        (``size_agreement_``), and KMeans on tables (``kmeans_agreement_``); an explicit assigner,
         or ``assigner__lam`` and ``assigner__prior`` (grid searches), is used as given.
 
     max_epochs : int or "auto", default="auto"
@@ -198,10 +198,10 @@ class SelfLabelClusterer(FittedModelMixin, CallbackSupportMixin, DefaultAssigner
     sizes_estimated_ : bool
         Whether ``cluster_sizes_`` were estimated from the data.
     size_agreement_ : ndarray of shape (2,)
-        Tables with the default assigner and ``n_init > 1``: the neighbour agreement of
-        the run with equal sizes and of its twin with estimated sizes, the larger kept.
+        With the default assigner and ``n_init > 1``: the neighbour agreement of the run
+        with equal sizes and of its twin with estimated sizes, the larger kept.
     kmeans_agreement_ : ndarray of shape (2,)
-        Where ``size_agreement_`` is set, in one process, up to 100,000 rows: agreement
+        Tables where ``size_agreement_`` is set, one process, up to 100,000 rows: agreement
         of the first head's self-labels and of KMeans's on the scaled inputs; when
         KMeans's is larger, they become its self-labels, learned in 10 more epochs.
     start_agreement_ : ndarray of shape (n_init,)

@@ -151,12 +151,12 @@ def checked_assigner(assigner, n_clusters):
     return check_assigner(assigner)
 
 
-def compares_sizes(params, is_image):
+def compares_sizes(params):
     """Whether a fit trains a twin with estimated cluster sizes beside the run with equal
-    ones, and keeps the better (``size_choice``): tables with the default assigner (an
-    explicit one, or ``assigner__prior``, is used as given), and without a checkpoint. The
-    twin forks at the end of the trials of ``n_init``: a fit of one start makes one run."""
-    return params["assigner"] is None and not is_image and params.get("checkpoint") is None
+    ones, and keeps the better (``size_choice``): the default assigner (an explicit one, or
+    ``assigner__prior``, is used as given), without a checkpoint. The twin forks at the end
+    of the trials of ``n_init``: a fit of one start makes one run."""
+    return params["assigner"] is None and params.get("checkpoint") is None
 
 
 def n_batches(n_samples, batch_size, n_processes=1):
@@ -202,7 +202,7 @@ def resolve_config(params, n_samples, sample_shape, n_processes=1, device="cpu")
         sync_batch_norm=bool(params.get("sync_batch_norm", True)),
         n_samples=n_samples, is_image=is_image,
         whiten=resolve_whiten(params.get("whiten", "auto"), sample_shape),
-        compare_sizes=compares_sizes(params, is_image), **schedule,
+        compare_sizes=compares_sizes(params), **schedule,
         assigner=checked_assigner(params["assigner"], params["n_clusters"]), **graph,
         augment=augment, random_state=params["random_state"],
         warm_start=params["warm_start"], checkpoint=params["checkpoint"],

@@ -42,12 +42,13 @@ class FixedLabels:
 
 
 def offers_kmeans(run):
-    """Whether the fit compares its partition with KMeans's: where it compares equal and
-    estimated sizes (tables, the default assigner, a fresh fit of several starts), in one
+    """Whether the fit compares its partition with KMeans's: on tables, where it compares
+    equal and estimated sizes (the default assigner, a fresh fit of several starts), in one
     process, for at most ``KMEANS_MAX_SAMPLES`` rows and ``KMEANS_MAX_CELLS`` rows times
-    clusters."""
+    clusters. Never on images: KMeans on pixels is a poor partition of images."""
     n = run.data.n_samples
-    return (run.compare_sizes and run.n_starts > 1 and run.team.world == 1
+    return (not run.config.is_image and run.compare_sizes and run.n_starts > 1
+            and run.team.world == 1
             and n <= KMEANS_MAX_SAMPLES and n * run.config.n_clusters <= KMEANS_MAX_CELLS)
 
 

@@ -61,8 +61,10 @@ def test_a_worse_kmeans_partition_changes_nothing(kept, wine, monkeypatch):
 
 def test_images_explicit_assigners_and_one_start_get_no_candidate(wine):
     images = np.random.default_rng(0).random((48, 8, 8), dtype=np.float32)
-    assert not hasattr(SelfLabelClusterer(n_clusters=3, **SHORT).fit(images),
-                       "kmeans_agreement_")
+    on_images = SelfLabelClusterer(n_clusters=3, **SHORT).fit(images)
+    # Images get the twin of estimated sizes, never KMeans on their pixels.
+    assert hasattr(on_images, "size_agreement_")
+    assert not hasattr(on_images, "kmeans_agreement_")
     given = SelfLabelClusterer(n_clusters=3, assigner=SinkhornAssigner(), **SHORT).fit(wine)
     assert not hasattr(given, "kmeans_agreement_")
     one = SelfLabelClusterer(n_clusters=3, n_init=1, **SHORT).fit(wine)

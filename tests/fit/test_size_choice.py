@@ -67,9 +67,21 @@ def test_estimated_sizes_are_kept_when_they_agree_better(unequal, monkeypatch):
     np.testing.assert_array_equal(clu.predict(unequal), clu.labels_)
 
 
-def test_no_twin_for_images_an_explicit_prior_a_checkpoint_or_one_start(unequal, tmp_path):
+def test_images_get_the_twin_too(monkeypatch):
+    # Unequal classes of images are as common as unequal tables (issue 20's Fashion-MNIST
+    # subset): the twin is judged the same way, and the winner is what predict gives.
+    from skselflabel._fit import fit as fit_module
+    forks = []
+    fork = fit_module.fork
+    monkeypatch.setattr(fit_module, "fork", lambda *a: forks.append(1) or fork(*a))
     images = np.random.default_rng(0).random((60, 1, 8, 8)).astype(np.float32)
-    assert not hasattr(SelfLabelClusterer(n_init=2, **KW).fit(images), "size_agreement_")
+    clu = SelfLabelClusterer(n_init=2, **KW).fit(images)
+    assert forks == [1] and clu.size_agreement_.shape == (2,)
+    assert clu.sizes_estimated_ == (clu.size_agreement_[1] > clu.size_agreement_[0])
+    np.testing.assert_array_equal(clu.predict(images), clu.labels_)
+
+
+def test_no_twin_for_an_explicit_prior_a_checkpoint_or_one_start(unequal, tmp_path):
     given = SelfLabelClusterer(n_init=2, **KW).set_params(assigner__prior=[0.5, 0.3, 0.2])
     assert not hasattr(given.fit(unequal), "size_agreement_")
     np.testing.assert_allclose(given.cluster_sizes_, [0.5, 0.3, 0.2])
