@@ -67,18 +67,20 @@ def test_estimated_sizes_are_kept_when_they_agree_better(unequal, monkeypatch):
     np.testing.assert_array_equal(clu.predict(unequal), clu.labels_)
 
 
-def test_images_get_the_twin_too(monkeypatch):
+def test_images_get_the_twin_too():
     # Unequal classes of images are as common as unequal tables (issue 20's Fashion-MNIST
-    # subset): the twin is judged the same way, and the winner is what predict gives.
-    from skselflabel._fit import fit as fit_module
-    forks = []
-    fork = fit_module.fork
-    monkeypatch.setattr(fit_module, "fork", lambda *a: forks.append(1) or fork(*a))
-    images = np.random.default_rng(0).random((60, 1, 8, 8)).astype(np.float32)
-    clu = SelfLabelClusterer(n_init=2, **KW).fit(images)
-    assert forks == [1] and clu.size_agreement_.shape == (2,)
-    assert clu.sizes_estimated_ == (clu.size_agreement_[1] > clu.size_agreement_[0])
-    np.testing.assert_array_equal(clu.predict(images), clu.labels_)
+    # subset): the twin is judged the same way, and the kept run is the explicit one.
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.normal(c, 0.5, size=(n, 1, 8, 8)) for c, n in
+                             ((0.0, 40), (3.0, 15), (-3.0, 8))]).astype(np.float32)
+    default = SelfLabelClusterer(n_init=2, **KW).fit(images)
+    kept = SelfLabelClusterer(n_init=2, assigner=_explicit(
+        "auto" if default.sizes_estimated_ else None), **KW).fit(images)
+    assert default.size_agreement_.shape == (2,) and not hasattr(kept, "size_agreement_")
+    assert default.sizes_estimated_ == (default.size_agreement_[1] > default.size_agreement_[0])
+    np.testing.assert_array_equal(default.labels_, kept.labels_)
+    np.testing.assert_array_equal(default.transform(images), kept.transform(images))
+    np.testing.assert_array_equal(default.predict(images), default.labels_)
 
 
 def test_no_twin_for_an_explicit_prior_a_checkpoint_or_one_start(unequal, tmp_path):
