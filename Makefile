@@ -10,6 +10,11 @@ PIP    := $(PY) -m pip
 # loose range for users.
 TORCH_PIN ?= torch==2.13.0
 TORCH_INDEX ?=
+# Test worker processes (pytest-xdist): one per CPU, at most 4 (each holds torch and its own
+# fits, which use one thread). A test file stays on one worker, so the module-scoped
+# fixtures (the docs build, the notebooks' kernel) are made once.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))" 2>/dev/null || echo 2)
+PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help venv test test-fast demo bench docs-numbers docs clean
 
@@ -31,10 +36,10 @@ $(VENV)/.installed: pyproject.toml setup.py skselflabel/_solver/_fused.c
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest
+	$(PY) $(PYTEST)
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow"
+	$(PY) $(PYTEST) -m "not slow"
 
 demo: venv
 	$(PY) -m skselflabel.demo
